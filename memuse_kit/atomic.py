@@ -1,0 +1,59 @@
+"""File writes that are all-or-nothing and leave unchanged files (and their mtimes) alone."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace path with data in one rename, keeping the old file's permission bits."""
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write only when the content differs, so make keeps its dependency timestamps."""
+    if path.exists() and path.read_bytes() == data:
+        return False
+    write_atomic(path, data)
+    return True
+
+
+def write_all_or_nothing(contents: Mapping[Path, bytes]) -> list[Path]:
+    """Write several files; if any write fails, restore the ones already written.
+
+    Returns the paths whose content changed, in the order given.
+    """
+    changed = [path for path, data in contents.items() if not _same(path, data)]
+    originals = {path: path.read_bytes() if path.exists() else None for path in changed}
+    done: list[Path] = []
+    try:
+        for path in changed:
+            write_atomic(path, contents[path])
+            done.append(path)
+    except BaseException:
+        for path in done:
+            original = originals[path]
+            if original is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_atomic(path, original)
+        raise
+    return changed
+
+
+def _same(path: Path, data: bytes) -> bool:
+    return path.exists() and path.read_bytes() == data

@@ -1,0 +1,134 @@
+"""One way to run external commands: printed in dry runs, streamed and logged otherwise."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+
+from .errors import KitError
+
+LineSink = Callable[[str], None]
+
+
+def format_command(
+    cmd: Sequence[str], cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None
+) -> str:
+    parts = []
+    if cwd is not None:
+        parts.append(f"cd {shlex.quote(str(cwd))} &&")
+    if env:
+        parts.extend(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    parts.append(shlex.join(list(cmd)))
+    return " ".join(parts)
+
+
+class Runner:
+    """Runs commands, or with dry_run only prints them (the exact line a user could paste)."""
+
+    def __init__(self, dry_run: bool = False, out: TextIO = sys.stdout) -> None:
+        self.dry_run = dry_run
+        self.out = out
+        self.history: List[str] = []
+
+    def _announce(self, line: str) -> None:
+        self.history.append(line)
+        if self.dry_run:
+            print(line, file=self.out, flush=True)
+
+    def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        cwd: Optional[Path] = None,
+        env: Optional[Dict[str, str]] = None,
+        check: bool = True,
+        mutates: bool = True,
+    ) -> subprocess.CompletedProcess:
+        """Run and capture output. Commands with mutates=False also run in dry runs."""
+        self._announce(format_command(cmd, cwd, env))
+        if self.dry_run and mutates:
+            return subprocess.CompletedProcess(list(cmd), 0, "", "")
+        result = _run_captured(cmd, cwd, env)
+        if check and result.returncode != 0:
+            raise KitError(_failure_line(cmd, result.returncode, result.stderr or result.stdout))
+        return result
+
+    def stream(
+        self,
+        cmd: Sequence[str],
+        *,
+        cwd: Optional[Path] = None,
+        env: Optional[Dict[str, str]] = None,
+        sinks: Iterable[LineSink] = (),
+        log: Optional[TextIO] = None,
+    ) -> int:
+        """Run with stdout+stderr merged, each line to the sinks and the log; returns status."""
+        self._announce(format_command(cmd, cwd, env))
+        if self.dry_run:
+            return 0
+        if log is not None:
+            log.write(f"$ {format_command(cmd, cwd, env)}\n")
+            log.flush()
+        sink_list = list(sinks)
+        try:
+            process = subprocess.Popen(
+                list(cmd),
+                cwd=cwd,
+                env=_merged_env(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except OSError as error:
+            raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                if log is not None:
+                    log.write(line)
+                for sink in sink_list:
+                    sink(line)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        return process.wait()
+
+
+def _merged_env(env: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
+    if not env:
+        return None
+    merged = dict(os.environ)
+    merged.update(env)
+    return merged
+
+
+def _run_captured(
+    cmd: Sequence[str], cwd: Optional[Path], env: Optional[Dict[str, str]]
+) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            list(cmd),
+            cwd=cwd,
+            env=_merged_env(env),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except OSError as error:
+        raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
+
+
+def _failure_line(cmd: Sequence[str], status: int, output: str) -> str:
+    last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
+    detail = f": {last}" if last else ""
+    return f"{shlex.join(list(cmd))[:200]} failed with status {status}{detail}"
