@@ -138,6 +138,21 @@ def _check_no_foreign_memuse(tree: Path, pristine: Dict[str, bytes]) -> None:
             )
 
 
+def render_edits(pristine: Dict[str, str], kernel: KernelVersion, nr: int) -> Dict[str, str]:
+    """The patched text of every target file present in pristine (path -> text)."""
+    ctx = RenderContext(nr=nr, kernel=kernel)
+    patched = {}
+    for target in TARGETS:
+        if target.path not in pristine:
+            continue
+        text = pristine[target.path]
+        try:
+            patched[target.path] = apply_splices(text, target.locate(text, ctx))
+        except KitError as error:
+            raise KitError(f"{target.path}: {error}") from None
+    return patched
+
+
 def plan_patch(tree: Path) -> PatchPlan:
     """Everything a patch run would write, computed without writing anything."""
     kernel = read_tree_version(tree)
@@ -148,17 +163,14 @@ def plan_patch(tree: Path) -> PatchPlan:
     _check_no_foreign_memuse(tree, pristine)
     pristine_text = {rel: _text(data) for rel, data in pristine.items()}
     nr = tables.choose_number(pristine_text)
-    ctx = RenderContext(nr=nr, kernel=kernel)
-    files = []
-    for target in targets:
-        text = pristine_text[target.path]
-        try:
-            patched = apply_splices(text, target.locate(text, ctx))
-        except KitError as error:
-            raise KitError(f"{tree / target.path}: {error}") from None
-        files.append(
-            FilePlan(target.path, pristine[target.path], current[target.path], _bytes(patched))
-        )
+    try:
+        patched = render_edits(pristine_text, kernel, nr)
+    except KitError as error:
+        raise KitError(f"{tree}/{error}") from None
+    files = [
+        FilePlan(t.path, pristine[t.path], current[t.path], _bytes(patched[t.path]))
+        for t in targets
+    ]
     return PatchPlan(tree, kernel, nr, files)
 
 

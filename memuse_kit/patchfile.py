@@ -19,7 +19,7 @@ def default_path(plan: PatchPlan) -> Path:
     return PATCHES_DIR / f"memuse-{plan.kernel}.patch"
 
 
-def _file_diff(path: str, original: str, patched: str) -> List[str]:
+def file_diff(path: str, original: str, patched: str) -> List[str]:
     lines = list(
         difflib.unified_diff(
             original.splitlines(keepends=True),
@@ -64,7 +64,7 @@ def render_patch(plan: PatchPlan) -> str:
             continue
         original = file.original.decode("utf-8", "surrogateescape")
         patched = file.patched.decode("utf-8", "surrogateescape")
-        diff = _file_diff(file.path, original, patched)
+        diff = file_diff(file.path, original, patched)
         body = [line for line in diff[3:] if not line.startswith("@@")]
         stats.append(
             (

@@ -100,7 +100,7 @@ def generic_unistd(text: str, ctx: RenderContext) -> List[Splice]:
     ]
 
 
-_ARCH_SPECIFIC = re.compile(r"\n\n/\*\n \* Architecture-specific system calls\n \*/\n")
+_ARCH_SPECIFIC = re.compile(r"\n\n/\*\n \* Architecture-specific system calls\n")
 
 
 def syscalls_prototype(text: str, ctx: RenderContext) -> List[Splice]:

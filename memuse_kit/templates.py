@@ -25,8 +25,13 @@ def tab_pad(text: str, start_column: int, target_column: int) -> str:
     return text + tabs
 
 
+def environment() -> jinja2.Environment:
+    """The environment for the current TEMPLATES_DIR (tests point it at a modified copy)."""
+    return _environment(TEMPLATES_DIR)
+
+
 @lru_cache(maxsize=None)
-def environment(root: Path = TEMPLATES_DIR) -> jinja2.Environment:
+def _environment(root: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,
