@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from invoke import Context, task
 
@@ -64,11 +64,47 @@ def patches(c: Context, check: bool = False) -> None:
     regenerate_all(check=check)
 
 
-@task
+@task(
+    iterable=["fragment"],
+    help={
+        "tree": "kernel tree to build (default: the last fetched source)",
+        "source": "fetch this source first",
+        "config": "running (default: /boot/config-$(uname -r)), vm, vm-nodebug, or a file",
+        "fragment": "extra config fragment merged last (repeatable)",
+        "debug-info": "keep debug info (off by default: smaller, faster)",
+        "reconfigure": "replace a .config you edited (it is saved as .config.edited)",
+        "keep-config": "build the existing .config as it is",
+        "jobs": "parallel jobs (default: number of CPUs)",
+        "dry-run": "print the commands, run nothing",
+    },
+)
 @one_line_errors
-def build(c: Context) -> None:
-    """Build .deb packages of the patched kernel (not yet)."""
-    raise KitError("build is not implemented yet")
+def build(
+    c: Context,
+    tree: Optional[str] = None,
+    source: Optional[str] = None,
+    config: str = "running",
+    fragment: Optional[List[str]] = None,
+    debug_info: bool = False,
+    reconfigure: bool = False,
+    keep_config: bool = False,
+    jobs: int = 0,
+    dry_run: bool = False,
+) -> None:
+    """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
+    from memuse_kit.pipeline import build_chain
+
+    build_chain(
+        tree,
+        source,
+        config,
+        fragment or [],
+        debug_info=debug_info,
+        reconfigure=reconfigure,
+        keep_config=keep_config,
+        dry_run=dry_run,
+        **({"jobs": jobs} if jobs else {}),
+    )
 
 
 @task

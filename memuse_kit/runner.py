@@ -29,7 +29,7 @@ def format_command(
 class Runner:
     """Runs commands, or with dry_run only prints them (the exact line a user could paste)."""
 
-    def __init__(self, dry_run: bool = False, out: TextIO = sys.stdout) -> None:
+    def __init__(self, dry_run: bool = False, out: Optional[TextIO] = None) -> None:
         self.dry_run = dry_run
         self.out = out
         self.history: List[str] = []
@@ -37,7 +37,7 @@ class Runner:
     def _announce(self, line: str) -> None:
         self.history.append(line)
         if self.dry_run:
-            print(line, file=self.out, flush=True)
+            print(line, file=self.out or sys.stdout, flush=True)
 
     def run(
         self,

@@ -163,3 +163,91 @@ def snapshot(root: Path) -> Dict[str, bytes]:
 
 def mtimes(root: Path) -> Dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+# A kbuild stand-in, like tuxmake's fakelinux: real make, real dependency tracking, fake
+# compiler. FAIL_BUILD=1 in the environment makes the compile step fail like gcc would.
+BUILD_MAKEFILE = """\
+VERSION = {major}
+PATCHLEVEL = {minor}
+SUBLEVEL = {sublevel}
+EXTRAVERSION =
+O ?= .
+KCONFIG_CONFIG ?= .config
+CFG := $(O)/$(KCONFIG_CONFIG)
+RELEASE := {major}.{minor}.{sublevel}-memuse
+SRCS := kernel/sys.c kernel/fork.c
+OBJS := $(SRCS:%.c=$(O)/%.o)
+IMAGE := $(O)/arch/x86/boot/bzImage
+
+all: $(IMAGE)
+
+defconfig:
+\t@mkdir -p $(O)
+\t@printf 'CONFIG_64BIT=y\\nCONFIG_MODULES=y\\n' > $(CFG)
+
+olddefconfig:
+\t@test -f $(CFG)
+\t@echo "# configuration written to $(KCONFIG_CONFIG)"
+
+$(O)/%.o: %.c $(O)/.config
+\t@test -z "$(FAIL_BUILD)" || {{ echo "$<:1:1: error: fake failure"; exit 2; }}
+\t@mkdir -p $(dir $@)
+\t@echo "  CC      $*.o"
+\t@cp $< $@
+
+$(IMAGE): $(OBJS)
+\t@mkdir -p $(dir $@) $(O)/include/config
+\t@echo $(RELEASE) > $(O)/include/config/kernel.release
+\t@cat $^ > $@
+\t@echo "Kernel: arch/x86/boot/bzImage is ready"
+
+bindeb-pkg: all
+\t@cd $(O)/.. && for p in linux-image-$(RELEASE) linux-headers-$(RELEASE) linux-libc-dev; do \\
+\t  cp $(IMAGE) $${{p}}_$(KDEB_PKGVERSION)_amd64.deb; done
+\t@touch $(O)/../linux-upstream_$(KDEB_PKGVERSION)_amd64.buildinfo
+\t@touch $(O)/../linux-upstream_$(KDEB_PKGVERSION)_amd64.changes
+\t@echo "dpkg-deb: building package 'linux-image-$(RELEASE)'"
+
+.PHONY: all defconfig olddefconfig bindeb-pkg
+"""
+
+SCRIPTS_CONFIG = """\
+#!/bin/sh
+# scripts/config stand-in: appends each requested setting to the file
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --file) file=$2; shift 2;;
+    --set-str) printf 'CONFIG_%s="%s"\\n' "$2" "$3" >> "$file"; shift 3;;
+    --enable) printf 'CONFIG_%s=y\\n' "$2" >> "$file"; shift 2;;
+    --disable) printf '# CONFIG_%s is not set\\n' "$2" >> "$file"; shift 2;;
+    *) echo "config: unknown $1" >&2; exit 1;;
+  esac
+done
+"""
+
+MERGE_CONFIG = """\
+#!/bin/sh
+# merge_config.sh stand-in: -m -O DIR BASE FRAGMENT... appended into $KCONFIG_CONFIG
+shift 3
+base=$1; shift
+cat "$@" >> "$KCONFIG_CONFIG"
+"""
+
+
+def make_fake_buildable_tree(root: Path, version: str = "7.2.0") -> Path:
+    make_fake_tree(root, version=version, last=471)
+    major, minor, sublevel = (int(x) for x in version.split("."))
+    (root / "Makefile").write_text(
+        BUILD_MAKEFILE.format(major=major, minor=minor, sublevel=sublevel)
+    )
+    (root / "kernel/fork.c").write_text("/* fork */\n")
+    for rel, text in (
+        ("scripts/config", SCRIPTS_CONFIG),
+        ("scripts/kconfig/merge_config.sh", MERGE_CONFIG),
+    ):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o755)
+    return root

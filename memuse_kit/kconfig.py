@@ -1,0 +1,171 @@
+"""The kernel configuration of a build: a profile or a file, fragments, then sanitizing.
+
+The configuration is generated next to the real one (KCONFIG_CONFIG=.config.memuse-new)
+and only replaces obj/.config when it differs, so an unchanged configuration never
+triggers a rebuild, and a .config the user edited is never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import atomic
+from .cli import warn
+from .compiler import Compiler
+from .errors import KitError
+from .kernel_version import KernelVersion
+from .runner import Runner
+from .templates import TEMPLATES_DIR
+
+CANDIDATE = ".config.memuse-new"
+LOCALVERSION = "-memuse"
+
+
+@dataclass(frozen=True)
+class Profile:
+    base: str  # "defconfig", "running" or a path
+    fragments: Tuple[str, ...] = ()
+    description: str = ""
+
+
+PROFILES: Dict[str, Profile] = {
+    "running": Profile("running", (), "the running kernel's /boot/config-$(uname -r)"),
+    "vm": Profile("defconfig", ("vm.config", "debug.config"), "small VM kernel, KASAN and lockdep"),
+    "vm-nodebug": Profile("defconfig", ("vm.config",), "small VM kernel without debug checks"),
+}
+
+_OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
+
+
+def profile_for(config: str) -> Profile:
+    if config in PROFILES:
+        return PROFILES[config]
+    path = Path(config).expanduser()
+    if not path.is_file():
+        raise KitError(f"--config {config}: not one of {', '.join(PROFILES)} and not a file")
+    return Profile(str(path.resolve()))
+
+
+def fragment_paths(profile: Profile, extra: Sequence[str]) -> List[Path]:
+    paths = [TEMPLATES_DIR / "config" / name for name in profile.fragments]
+    for item in extra:
+        path = Path(item).expanduser()
+        if not path.is_file():
+            raise KitError(f"config fragment {item} does not exist")
+        paths.append(path.resolve())
+    return paths
+
+
+def parse_options(text: str) -> Dict[str, str]:
+    """CONFIG_X -> value ('n' for '# ... is not set' and '=n')."""
+    options = {}
+    for line in text.splitlines():
+        match = _OPTION.match(line.strip())
+        if match and match.group(1):
+            options[match.group(1)] = match.group(2)
+        elif match:
+            options[match.group(3)] = "n"
+    return options
+
+
+def running_config_path() -> Path:
+    return Path("/boot") / f"config-{os.uname().release}"
+
+
+def sanitize_args(kernel: KernelVersion, debug_info: bool, btf_ok: bool) -> List[str]:
+    """scripts/config arguments applied to every configuration."""
+    args = [
+        "--set-str", "SYSTEM_TRUSTED_KEYS", "",
+        "--set-str", "SYSTEM_REVOCATION_KEYS", "",
+        "--set-str", "LOCALVERSION", LOCALVERSION,
+        "--disable", "LOCALVERSION_AUTO",
+    ]  # fmt: skip
+    if debug_info:
+        flag = "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT" if kernel.at_least(5, 18) else "DEBUG_INFO"
+        args += ["--disable", "DEBUG_INFO_NONE", "--enable", flag]
+    else:
+        args += ["--enable", "DEBUG_INFO_NONE", "--disable", "DEBUG_INFO"]
+        args += ["--disable", "DEBUG_INFO_DWARF4", "--disable", "DEBUG_INFO_DWARF5"]
+        args += ["--disable", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT"]
+    if not (debug_info and btf_ok):
+        args += ["--disable", "DEBUG_INFO_BTF"]
+    return args
+
+
+@dataclass
+class ConfigRequest:
+    tree: Path
+    obj: Path
+    kernel: KernelVersion
+    compiler: Compiler
+    profile: Profile
+    fragments: List[Path]
+    debug_info: bool = False
+    btf_ok: bool = False
+
+
+def generate(request: ConfigRequest, runner: Runner) -> Path:
+    """Write obj/.config.memuse-new from the request; returns its path."""
+    obj, tree = request.obj, request.tree
+    if not runner.dry_run:
+        obj.mkdir(parents=True, exist_ok=True)
+    candidate = obj / CANDIDATE
+    make = ["make", f"O={obj}", *request.compiler.make_args(), f"KCONFIG_CONFIG={CANDIDATE}"]
+    base = request.profile.base
+    if base == "defconfig":
+        runner.run([*make, "defconfig"], cwd=tree)
+    else:
+        source = running_config_path() if base == "running" else Path(base)
+        if not source.is_file():
+            raise KitError(f"{source} does not exist: pass --config vm or --config FILE")
+        if not runner.dry_run:
+            atomic.write_atomic(candidate, source.read_bytes())
+    if request.fragments:
+        merge = [str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj)]
+        merge += [str(candidate), *map(str, request.fragments)]
+        runner.run(merge, cwd=tree, env={"KCONFIG_CONFIG": str(candidate)})
+    edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
+    runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
+    runner.run([*make, "olddefconfig"], cwd=tree)
+    if not runner.dry_run:
+        _warn_unmet(candidate, request.fragments)
+    return candidate
+
+
+def _warn_unmet(candidate: Path, fragments: Sequence[Path]) -> None:
+    final = parse_options(candidate.read_text())
+    for fragment in fragments:
+        for name, wanted in parse_options(fragment.read_text()).items():
+            got = final.get(name, "n")
+            if got != wanted and not (wanted == "n" and name not in final):
+                warn(f"{fragment.name}: {name}={wanted} requested, the tree gives {got}")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def adopt(obj: Path, candidate: Path, last_written: Optional[str], reconfigure: bool) -> str:
+    """Make the candidate obj/.config unless the user edited the current one; returns its hash."""
+    current = obj / ".config"
+    new_hash = sha256_file(candidate)
+    if current.is_file():
+        current_hash = sha256_file(current)
+        if current_hash == new_hash:
+            candidate.unlink()
+            return new_hash
+        if last_written and current_hash != last_written and not reconfigure:
+            raise KitError(
+                f"{current} was edited since memuse-kit wrote it; build it as it is with "
+                "--keep-config, or replace it with --reconfigure"
+            )
+        if last_written and current_hash != last_written:
+            atomic.write_atomic(obj / ".config.edited", current.read_bytes())
+            warn(f"your edited configuration is saved as {obj / '.config.edited'}")
+    os.replace(candidate, current)
+    return new_hash

@@ -1,0 +1,44 @@
+"""metadata.json of a build: written when it starts and again however it ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterator
+
+from . import __version__, atomic
+from .builddir import BuildDir
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class BuildRecord:
+    def __init__(self, bd: BuildDir) -> None:
+        self.bd = bd
+        self.data: Dict[str, Any] = {
+            "memuse_kit": __version__,
+            "status": "running",
+            "started": now(),
+            "durations": {},
+        }
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def write(self) -> None:
+        self.bd.root.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+        atomic.write_atomic(self.bd.metadata, text.encode())
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.data["durations"][name] = round(time.monotonic() - start, 1)
+            self.write()

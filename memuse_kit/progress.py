@@ -1,0 +1,80 @@
+"""Progress of a kernel build: a bar on a terminal, a plain line every so often otherwise."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+from tqdm import tqdm
+
+# kbuild's quiet output: "  CC      kernel/sys.o", "  LD [M]  fs/foo.ko", ...
+_STEP = re.compile(r"^\s{2}(CC|AS|CC \[M\]|AS \[M\])\s+\S+\.o\s*$")
+_ERROR = re.compile(
+    r"(error:|Error \d+|\*\*\*|undefined reference|No rule to make target|Unmet build dependencies)"
+)
+
+
+def is_compile_step(line: str) -> bool:
+    return bool(_STEP.match(line.rstrip("\n")))
+
+
+def is_error_line(line: str) -> bool:
+    return bool(_ERROR.search(line))
+
+
+class BuildProgress:
+    """Counts compile steps against an estimate; call feed() with each output line."""
+
+    def __init__(
+        self,
+        label: str,
+        estimate: int,
+        out: TextIO = sys.stderr,
+        interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label = label
+        self.estimate = max(estimate, 1)
+        self.out = out
+        self.interval = interval
+        self.clock = clock
+        self.started = clock()
+        self.last_report = self.started
+        self.steps = 0
+        self.errors: list = []
+        self.bar: Optional[tqdm] = None
+        if out.isatty():
+            self.bar = tqdm(total=self.estimate, desc=label, unit="obj", file=out, leave=False)
+
+    def percent(self) -> int:
+        # the estimate can be short; never claim 100% before make has finished
+        return min(99, self.steps * 100 // self.estimate)
+
+    def feed(self, line: str) -> None:
+        if is_error_line(line) and len(self.errors) < 20:
+            self.errors.append(line.rstrip("\n"))
+        if not is_compile_step(line):
+            return
+        self.steps += 1
+        if self.bar is not None:
+            if self.bar.n < self.estimate - 1:
+                self.bar.update(1)
+            self.bar.set_postfix_str(line.split()[-1][-40:], refresh=False)
+            return
+        now = self.clock()
+        if now - self.last_report >= self.interval:
+            self.last_report = now
+            self._line(f"{self.percent()}% ({self.steps} objects)")
+
+    def _line(self, text: str) -> None:
+        elapsed = int(self.clock() - self.started)
+        print(
+            f"{self.label}: {text}, {elapsed // 60}m{elapsed % 60:02d}s", file=self.out, flush=True
+        )
+
+    def close(self, ok: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self._line(f"{'done' if ok else 'FAILED'} ({self.steps} objects compiled)")

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from memuse_kit import artifacts, patcher, preflight, templates
+from memuse_kit.build import BuildOptions, build
+from memuse_kit.builddir import BuildDir
+from memuse_kit.errors import KitError
+from tests.fakelinux import make_fake_buildable_tree
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("MEMUSE_KIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(preflight, "check_packages", lambda kernel: None)
+    root = make_fake_buildable_tree(tmp_path / "linux")
+    patcher.apply_plan(patcher.plan_patch(root))
+    return root
+
+
+def options(tree: Path, **kwargs) -> BuildOptions:
+    kwargs.setdefault("config", "vm")
+    return BuildOptions(tree=tree, use_ccache=False, jobs=2, **kwargs)
+
+
+def metadata(tree: Path, config: str = "vm") -> dict:
+    return json.loads(BuildDir.for_tree(tree, config).metadata.read_text())
+
+
+def test_first_build_packages_and_records_everything(tree):
+    result = build(options(tree))
+    names = sorted(p.name for p in result.packages)
+    assert names == [
+        "linux-headers-7.2.0-memuse_7.2.0-1_amd64.deb",
+        "linux-image-7.2.0-memuse_7.2.0-1_amd64.deb",
+    ]
+    bd = result.build_dir
+    assert [p.name for p in bd.extra_artifacts.iterdir()] == ["linux-libc-dev_7.2.0-1_amd64.deb"]
+    assert not list(bd.root.glob("*.changes")) and not list(bd.root.glob("*.buildinfo"))
+    assert artifacts.verify_sums(bd) == {name: True for name in names}
+    meta = metadata(tree)
+    assert meta["status"] == "success"
+    assert meta["kernel_release"] == "7.2.0-memuse" and meta["syscall_nr"] == 472
+    assert meta["config"]["name"] == "vm" and len(meta["config"]["sha256"]) == 64
+    assert set(meta["durations"]) == {"preflight", "config", "kernel", "package"}
+    assert meta["objects_compiled"] == 2
+    assert "  CC      kernel/sys.o" in bd.log.read_text()
+
+
+def test_configuration_is_sanitized(tree):
+    result = build(options(tree))
+    config = (result.build_dir.obj / ".config").read_text()
+    assert 'CONFIG_SYSTEM_TRUSTED_KEYS=""' in config
+    assert 'CONFIG_LOCALVERSION="-memuse"' in config
+    assert "# CONFIG_DEBUG_INFO_BTF is not set" in config
+    assert "CONFIG_KASAN=y" in config  # from the vm profile's debug fragment
+
+
+def test_nothing_changed_means_nothing_compiled_or_repackaged(tree, capsys):
+    first = build(options(tree))
+    image = artifacts.image_package(first.build_dir, first.release)
+    stamp = image.stat().st_mtime_ns
+    config_stamp = (first.build_dir.obj / ".config").stat().st_mtime_ns
+    again = build(options(tree))
+    assert again.compiled == 0
+    assert image.stat().st_mtime_ns == stamp
+    assert (first.build_dir.obj / ".config").stat().st_mtime_ns == config_stamp
+    assert "packages are up to date" in capsys.readouterr().out
+
+
+def test_template_edit_recompiles_only_sys_c(tree, tmp_path, monkeypatch):
+    build(options(tree))
+    copy = tmp_path / "templates"
+    shutil.copytree(templates.TEMPLATES_DIR, copy)
+    monkeypatch.setattr(templates, "TEMPLATES_DIR", copy)
+    body = copy / "kernel/memuse.c.j2"
+    body.write_text(body.read_text().replace("return -EINVAL;", "return -EINVAL; /* v2 */"))
+    patcher.apply_plan(patcher.plan_patch(tree))
+    result = build(options(tree))
+    log = result.build_dir.log.read_text()
+    assert result.compiled == 1 and "  CC      kernel/sys.o" in log
+    assert "kernel/fork.o" not in log
+    assert b"/* v2 */" in artifacts.image_package(result.build_dir, result.release).read_bytes()
+
+
+def test_failed_build_keeps_metadata_and_names_the_log(tree, monkeypatch, capsys):
+    monkeypatch.setenv("FAIL_BUILD", "1")
+    with pytest.raises(KitError, match=r"compiling the kernel failed .*build\.log"):
+        build(options(tree))
+    meta = metadata(tree)
+    assert meta["status"] == "failed"
+    assert any("error: fake failure" in line for line in meta["error"])
+    assert "error: fake failure" in capsys.readouterr().err
+
+
+def test_an_edited_config_is_never_overwritten_silently(tree):
+    first = build(options(tree))
+    config = first.build_dir.obj / ".config"
+    config.write_text(config.read_text() + "CONFIG_MINE=y\n")
+    with pytest.raises(KitError, match="was edited since memuse-kit wrote it"):
+        build(options(tree))
+    assert "CONFIG_MINE=y" in config.read_text()
+    build(options(tree, keep_config=True))
+    assert "CONFIG_MINE=y" in config.read_text()
+    build(options(tree, reconfigure=True))
+    assert "CONFIG_MINE=y" not in config.read_text()
+    assert "CONFIG_MINE=y" in (first.build_dir.obj / ".config.edited").read_text()
+
+
+def test_dry_run_prints_the_commands_and_builds_nothing(tree, capsys):
+    build(options(tree, dry_run=True))
+    out = capsys.readouterr().out
+    assert "make O=" in out and " defconfig" in out and "bindeb-pkg" in out
+    assert "merge_config.sh -m -O" in out
+    assert not BuildDir.for_tree(tree, "vm").obj.exists()
+
+
+def test_building_as_root_is_refused(tree, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    with pytest.raises(KitError, match="refusing to build the kernel as root"):
+        build(options(tree))
+
+
+def test_an_unpatched_tree_is_refused(tree):
+    patcher.revert(tree)
+    with pytest.raises(KitError, match="is not patched yet"):
+        build(options(tree))
+
+
+def test_missing_packages_are_named_as_apt_packages(monkeypatch):
+    from memuse_kit.kernel_version import KernelVersion
+
+    monkeypatch.setattr(
+        preflight,
+        "REQUIREMENTS",
+        (preflight.Requirement("no-such-pkg", command="no-such-command-xyz"),),
+    )
+    with pytest.raises(KitError, match="sudo apt-get install no-such-pkg"):
+        preflight.check_packages(KernelVersion(7, 2, 0))
+
+
+def test_requirements_follow_the_kernel_version(monkeypatch):
+    from memuse_kit.kernel_version import KernelVersion
+
+    reqs = (preflight.Requirement("new-pkg", command="no-such-command-xyz", since=(7, 0)),)
+    assert preflight.missing_packages(KernelVersion(6, 1, 0), reqs) == []
+    assert preflight.missing_packages(KernelVersion(7, 2, 0), reqs) == ["new-pkg"]
