@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from invoke import Context, task
+from invoke.exceptions import Exit
 
 from memuse_kit import patch_step
 from memuse_kit.cli import one_line_errors
@@ -69,7 +70,8 @@ def patches(c: Context, check: bool = False) -> None:
     help={
         "tree": "kernel tree to build (default: the last fetched source)",
         "source": "fetch this source first",
-        "config": "running (default: /boot/config-$(uname -r)), vm, vm-nodebug, or a file",
+        "config": "running (/boot/config-$(uname -r)), vm, vm-nodebug or a file; default: "
+        "running when that exists, else vm",
         "fragment": "extra config fragment merged last (repeatable)",
         "debug-info": "keep debug info (off by default: smaller, faster)",
         "reconfigure": "replace a .config you edited (it is saved as .config.edited)",
@@ -83,7 +85,7 @@ def build(
     c: Context,
     tree: Optional[str] = None,
     source: Optional[str] = None,
-    config: str = "running",
+    config: Optional[str] = None,
     fragment: Optional[List[str]] = None,
     debug_info: bool = False,
     reconfigure: bool = False,
@@ -92,12 +94,13 @@ def build(
     dry_run: bool = False,
 ) -> None:
     """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
+    from memuse_kit.kconfig import default_config
     from memuse_kit.pipeline import build_chain
 
     build_chain(
         tree,
         source,
-        config,
+        config or default_config(),
         fragment or [],
         debug_info=debug_info,
         reconfigure=reconfigure,
@@ -107,15 +110,100 @@ def build(
     )
 
 
-@task
+@task(
+    help={
+        "tree": "kernel tree whose packages to install (default: the last fetched source)",
+        "config": "which build of the tree (default: the latest successful one)",
+        "default": "boot the new kernel from now on, not just on the next reboot",
+        "dry-run": "print the exact commands, change nothing",
+    }
+)
 @one_line_errors
-def install(c: Context) -> None:
-    """Install the built kernel packages and boot them once (not yet)."""
-    raise KitError("install is not implemented yet")
+def install(
+    c: Context,
+    tree: Optional[str] = None,
+    config: Optional[str] = None,
+    default: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Install the built image and headers packages and boot them once (grub-reboot)."""
+    from memuse_kit.vm_step import install_command
+
+    install_command(tree, config, default, dry_run)
 
 
-@task
+@task(
+    help={
+        "tree": "kernel tree whose kernel to remove (default: the last fetched source)",
+        "config": "which build of the tree (default: the latest successful one)",
+        "release": "kernel release to remove instead, e.g. 7.2.13-memuse",
+        "dry-run": "print the exact commands, change nothing",
+    }
+)
 @one_line_errors
-def vm(c: Context) -> None:
-    """Boot the built kernel in QEMU and run a command in it (not yet)."""
-    raise KitError("vm is not implemented yet")
+def uninstall(
+    c: Context,
+    tree: Optional[str] = None,
+    config: Optional[str] = None,
+    release: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Remove an installed memuse kernel's image and headers packages."""
+    from memuse_kit.vm_step import uninstall_command
+
+    uninstall_command(tree, config, release, dry_run)
+
+
+@task(
+    help={
+        "tree": "kernel tree whose build to boot (default: the last fetched source)",
+        "source": "use this source's tree",
+        "config": "which build of the tree (default: the latest successful one)",
+        "memory": "guest memory (default 3G)",
+        "accel": "auto (default: KVM only where it really boots), kvm or tcg",
+        "timeout": "seconds before the VM is stopped (default 900)",
+        "dry-run": "print the vng command, run nothing",
+    }
+)
+@one_line_errors
+def vm(
+    c: Context,
+    tree: Optional[str] = None,
+    source: Optional[str] = None,
+    config: Optional[str] = None,
+    memory: str = "3G",
+    accel: str = "auto",
+    timeout: float = 900.0,
+    dry_run: bool = False,
+) -> None:
+    """Boot the built kernel in QEMU, run a command as root (after --), exit with its status.
+
+    The default command is `memuse experiment`. The host is not touched.
+    """
+    from memuse_kit.vm_step import vm_command
+
+    status = vm_command(tree, source, config, c.remainder, memory, accel, timeout, dry_run)
+    if status:
+        raise Exit(code=status)
+
+
+@task(
+    help={
+        "name": "module under templates/ (default: hello)",
+        "tree": "kernel tree whose build to compile against",
+        "config": "which build of the tree (default: the latest successful one)",
+        "dry-run": "print the make command, run nothing",
+    }
+)
+@one_line_errors
+def module(
+    c: Context,
+    name: str = "hello",
+    tree: Optional[str] = None,
+    config: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Build an out-of-tree module (Part 1 of the report: hello) against the built kernel."""
+    from memuse_kit.vm_step import module_command
+
+    module_command(name, tree, config, dry_run)

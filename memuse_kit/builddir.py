@@ -23,6 +23,19 @@ class BuildDir:
         label = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(config).name if "/" in config else config)
         return cls(builds_dir() / f"{resolved.name}-{digest}-{label}")
 
+    @classmethod
+    def latest_for_tree(cls, tree: Path) -> Optional[BuildDir]:
+        """The most recently finished successful build of a tree, any configuration."""
+        probe = cls.for_tree(tree, "x")
+        prefix = probe.root.name[: -len("x")]
+        candidates = []
+        for meta in builds_dir().glob(f"{prefix}*/metadata.json"):
+            bd = cls(meta.parent)
+            data = bd.read_metadata()
+            if data.get("status") == "success" and bd.image().is_file():
+                candidates.append((data.get("finished", ""), bd))
+        return max(candidates, key=lambda item: item[0])[1] if candidates else None
+
     @property
     def obj(self) -> Path:
         """make O= directory; bindeb-pkg drops its packages in its parent, self.root."""

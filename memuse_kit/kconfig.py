@@ -42,6 +42,11 @@ PROFILES: Dict[str, Profile] = {
 _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 
 
+def default_config() -> str:
+    """On a host with its kernel's config, build like the running kernel; else the VM kernel."""
+    return "running" if running_config_path().is_file() else "vm"
+
+
 def profile_for(config: str) -> Profile:
     if config in PROFILES:
         return PROFILES[config]

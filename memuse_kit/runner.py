@@ -6,12 +6,17 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from .errors import KitError
 
 LineSink = Callable[[str], None]
+
+
+class CommandTimeout(KitError):
+    """A streamed command ran over its time and was killed."""
 
 
 def format_command(
@@ -65,8 +70,12 @@ class Runner:
         env: Optional[Dict[str, str]] = None,
         sinks: Iterable[LineSink] = (),
         log: Optional[TextIO] = None,
+        timeout: Optional[float] = None,
     ) -> int:
-        """Run with stdout+stderr merged, each line to the sinks and the log; returns status."""
+        """Run with stdout+stderr merged, each line to the sinks and the log; returns status.
+
+        With a timeout the command is killed when it runs over, and CommandTimeout raised.
+        """
         self._announce(format_command(cmd, cwd, env))
         if self.dry_run:
             return 0
@@ -89,6 +98,10 @@ class Runner:
         except OSError as error:
             raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
         assert process.stdout is not None
+        expired = threading.Event()
+        timer = threading.Timer(timeout or 0, lambda: (expired.set(), process.kill()))
+        if timeout:
+            timer.start()
         try:
             for line in process.stdout:
                 if log is not None:
@@ -99,7 +112,12 @@ class Runner:
             process.kill()
             process.wait()
             raise
-        return process.wait()
+        finally:
+            timer.cancel()
+        status = process.wait()
+        if expired.is_set():
+            raise CommandTimeout(f"{cmd[0]} ran over {timeout:.0f}s and was stopped")
+        return status
 
 
 def _merged_env(env: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:

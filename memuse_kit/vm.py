@@ -1,0 +1,174 @@
+"""`invoke vm`: boot a built kernel under virtme-ng/QEMU with the host's filesystem, run one
+command as root in it, stream its output and return its exit status. The host is untouched.
+
+Under TCG virtme-ng's init often cannot find its script I/O ports and falls back to the serial
+console, where it reports neither output nor status. So the command is wrapped to print
+markers on the console around its output and its status; those markers are the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, TextIO
+
+from .builddir import BuildDir
+from .cache import cache_root
+from .errors import KitError
+from .runner import CommandTimeout, Runner
+
+DEFAULT_COMMAND = ["memuse", "experiment"]
+_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+_ALARMING = re.compile(r"BUG|WARNING|Oops|KASAN|lockdep|possible recursive locking|INFO: task")
+
+
+@dataclass
+class VmOptions:
+    build: BuildDir
+    command: List[str] = field(default_factory=lambda: list(DEFAULT_COMMAND))
+    memory: str = "3G"
+    cpus: int = 2
+    accel: str = "auto"
+    timeout: float = 900.0
+    dry_run: bool = False
+    cwd: Path = field(default_factory=Path.cwd)
+
+
+@dataclass
+class VmResult:
+    status: int
+    output: List[str]
+    kernel_log: List[str]
+
+
+def guest_script(command: List[str], nonce: str, cwd: Path) -> str:
+    """The shell line the guest runs: environment, markers around the command, its status."""
+    bin_dir = str(Path(sys.executable).parent)
+    exports = {
+        "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "MEMUSE_KIT_CACHE": str(cache_root()),
+        "PYTHONUNBUFFERED": "1",
+        "HOME": "/root",
+    }
+    env = " ".join(f"export {k}={shlex.quote(v)};" for k, v in exports.items())
+    return (
+        f"{env} cd {shlex.quote(str(cwd))} 2>/dev/null; "
+        f"echo MEMUSE-KIT-BEGIN-{nonce}; {shlex.join(command)}; "
+        f"echo MEMUSE-KIT-END-{nonce} status=$?"
+    )
+
+
+def kvm_works(probe_timeout: float = 60.0) -> bool:
+    """KVM can exist and still hang guests (it does on some hosts): boot once to find out.
+
+    The answer is cached per host boot.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    cache = cache_root() / "kvm-probe.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("boot_id") == boot_id:
+            return bool(cached["works"])
+    except (OSError, ValueError, KeyError):
+        pass
+    works = _probe_kvm(probe_timeout)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"boot_id": boot_id, "works": works}))
+    return works
+
+
+def _probe_kvm(timeout: float) -> bool:
+    kernel = Path("/boot") / f"vmlinuz-{os.uname().release}"
+    vng = shutil.which("vng")
+    if not vng or not kernel.is_file():
+        return False
+    try:
+        done = subprocess.run(
+            [vng, "--run", str(kernel), "--exec", "true"],
+            capture_output=True, timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def vng_command(options: VmOptions, script: str, use_kvm: bool) -> List[str]:
+    image = options.build.image()
+    cmd = ["vng", "--run", str(image), "--user", "root", "--verbose"]
+    cmd += ["--memory", options.memory, "--cpus", str(options.cpus)]
+    if not use_kvm:
+        cmd += ["--disable-kvm"]
+    return [*cmd, "--exec", script]
+
+
+class ConsoleReader:
+    """Sorts the console stream: boot noise to the log, the command's output to the user."""
+
+    def __init__(self, nonce: str, out: TextIO, err: TextIO) -> None:
+        self.begin = f"MEMUSE-KIT-BEGIN-{nonce}"
+        self.end = re.compile(rf"MEMUSE-KIT-END-{nonce} status=(\d+)")
+        self.out, self.err = out, err
+        self.inside = False
+        self.status: Optional[int] = None
+        self.output: List[str] = []
+        self.kernel_log: List[str] = []
+
+    def feed(self, raw: str) -> None:
+        line = raw.rstrip("\r\n").replace("\r", "")
+        ended = self.end.search(line)
+        if ended:
+            self.status = int(ended.group(1))
+            self.inside = False
+            return
+        if line.endswith(self.begin) and self.status is None:
+            self.inside = True
+            return
+        if _KERNEL_LINE.match(line):
+            self.kernel_log.append(line)
+            if self.inside and _ALARMING.search(line):
+                print(f"kernel: {line}", file=self.err, flush=True)
+            return
+        if self.inside:
+            self.output.append(line)
+            print(line, file=self.out, flush=True)
+
+
+def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
+    image = options.build.image()
+    if not image.is_file() and not options.dry_run:
+        raise KitError(f"no built kernel at {image}: run invoke build --config vm first")
+    if not shutil.which("vng") and not options.dry_run:
+        raise KitError("vng (virtme-ng) is not installed: pip install virtme-ng")
+    use_kvm = options.accel == "kvm" or (options.accel == "auto" and kvm_works())
+    nonce = secrets.token_hex(4)
+    cmd = vng_command(options, guest_script(options.command, nonce, options.cwd), use_kvm)
+    runner = Runner(dry_run=options.dry_run)
+    reader = ConsoleReader(nonce, sys.stdout, sys.stderr)
+    if options.dry_run:
+        runner.stream(cmd)
+        return VmResult(0, [], [])
+    log_path = log_path or options.build.root / "vm.log"
+    print(f"booting {image} ({'KVM' if use_kvm else 'TCG'}) ...", file=sys.stderr, flush=True)
+    with log_path.open("w") as log:
+        try:
+            status = runner.stream(cmd, sinks=[reader.feed], log=log, timeout=options.timeout)
+        except CommandTimeout:
+            raise KitError(
+                f"the VM did not finish within {options.timeout:.0f}s; console log: {log_path}"
+            ) from None
+    if reader.status is None:
+        raise KitError(
+            f"the VM exited (vng status {status}) without reporting the command's status; "
+            f"console log: {log_path}"
+        )
+    return VmResult(reader.status, reader.output, reader.kernel_log)

@@ -1,0 +1,72 @@
+"""Task glue for `invoke vm`, `module`, `install` and `uninstall`: find the build, then act."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional
+
+from . import install as installer
+from .builddir import BuildDir
+from .errors import KitError
+from .module import build_module
+from .runner import Runner
+from .vm import DEFAULT_COMMAND, VmOptions, run_vm
+from .workspace import resolve_tree
+
+
+def find_build(tree: Path, config: Optional[str]) -> BuildDir:
+    if config:
+        return BuildDir.for_tree(tree, config)
+    latest = BuildDir.latest_for_tree(tree)
+    if latest is None:
+        raise KitError(f"{tree} has no successful build yet: run invoke build --config vm")
+    return latest
+
+
+def vm_command(
+    tree: Optional[str],
+    source: Optional[str],
+    config: Optional[str],
+    remainder: str,
+    memory: str,
+    accel: str,
+    timeout: float,
+    dry_run: bool,
+) -> int:
+    if accel not in ("auto", "kvm", "tcg"):
+        raise KitError(f"--accel {accel}: use auto, kvm or tcg")
+    root = resolve_tree(tree, source)
+    command = shlex.split(remainder) if remainder.strip() else list(DEFAULT_COMMAND)
+    options = VmOptions(
+        build=find_build(root, config),
+        command=command,
+        memory=memory,
+        accel=accel,
+        timeout=timeout,
+        dry_run=dry_run,
+    )
+    return run_vm(options).status
+
+
+def module_command(name: str, tree: Optional[str], config: Optional[str], dry_run: bool) -> None:
+    root = resolve_tree(tree, None)
+    build_module(name, root, find_build(root, config), dry_run=dry_run)
+
+
+def install_command(
+    tree: Optional[str], config: Optional[str], default: bool, dry_run: bool
+) -> None:
+    root = resolve_tree(tree, None)
+    installer.install(find_build(root, config), root, installer.Host(), Runner(dry_run), default)
+
+
+def uninstall_command(
+    tree: Optional[str], config: Optional[str], release: Optional[str], dry_run: bool
+) -> None:
+    if not release:
+        root = resolve_tree(tree, None)
+        release = installer.release_of(find_build(root, config))
+    if not release:
+        raise KitError("no built kernel to name: pass --release")
+    installer.uninstall(release, installer.Host(), Runner(dry_run))
