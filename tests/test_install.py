@@ -17,19 +17,22 @@ from tests.fakelinux import make_fake_buildable_tree
 
 UUID = "0f3c1a2b-1111-2222-3333-444455556666"
 RELEASE = "7.2.0-memuse"
+OLD_ID = f"gnulinux-5.11.0-37-generic-advanced-{UUID}"
+NEW_ID = f"gnulinux-{RELEASE}-advanced-{UUID}"
+# grub.cfg as update-grub writes it (entry lines are long there too)
 GRUB_CFG = f"""\
 menuentry 'Ubuntu' --class ubuntu $menuentry_id_option 'gnulinux-simple-{UUID}' {{
 }}
 submenu 'Advanced options for Ubuntu' $menuentry_id_option 'gnulinux-advanced-{UUID}' {{
-	menuentry 'Ubuntu, with Linux 5.11.0-37-generic' $menuentry_id_option 'gnulinux-5.11.0-37-generic-advanced-{UUID}' {{
+	menuentry 'Ubuntu, with Linux 5.11' $menuentry_id_option '{OLD_ID}' {{
 	}}
 }}
 """
 NEW_ENTRY = f"""\
-	menuentry 'Ubuntu, with Linux {RELEASE}' $menuentry_id_option 'gnulinux-{RELEASE}-advanced-{UUID}' {{
+	menuentry 'Ubuntu, with Linux {RELEASE}' $menuentry_id_option '{NEW_ID}' {{
 	}}
 """
-ENTRY = f"gnulinux-advanced-{UUID}>gnulinux-{RELEASE}-advanced-{UUID}"
+ENTRY = f"gnulinux-advanced-{UUID}>{NEW_ID}"
 
 
 class FakeSystem(Runner):
