@@ -1,0 +1,366 @@
+/*
+ * Native scenarios for memuse: `scenarios NAME [ARGS]` sets some memory up, writes one line
+ * "memuse-scenario NAME key=value ..." on stdout, stops itself with SIGSTOP to be measured
+ * and exits 0 once continued. `scenarios --list` prints the names.
+ *
+ * Exit status 77: this machine cannot run the scenario (no hugetlb pages, no address space).
+ * Exit status 2: bad usage. Any other failure: status 1 and a message on stderr.
+ *
+ * Nothing here calls malloc except heap-active, heap-passive and threads, so the heap of
+ * the other scenarios holds only what they put there. Built with -O0 so the recursion of
+ * `stack` keeps one real frame per call.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef MAP_HUGE_2MB
+#define MAP_HUGE_2MB (21 << 26)
+#endif
+
+#define UNAVAILABLE 77
+#define MIB (1024L * 1024L)
+#define HUGE_2M (2 * MIB)
+#define MAX_THREADS 256
+
+static const char *scenario;
+static char info[4096];
+static size_t info_len;
+static long page;
+static volatile char *keep; /* what a scenario set up stays reachable */
+
+static void say(int fd, const char *fmt, va_list ap)
+{
+	char line[1024];
+	int n = vsnprintf(line, sizeof(line), fmt, ap);
+
+	if (n > (int)sizeof(line) - 1)
+		n = sizeof(line) - 1;
+	if (n > 0 && write(fd, line, n) < 0)
+		_exit(1);
+}
+
+static void __attribute__((noreturn, format(printf, 2, 3))) die(int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	say(2, fmt, ap);
+	va_end(ap);
+	_exit(status);
+}
+
+static void __attribute__((format(printf, 1, 2))) add(const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(info + info_len, sizeof(info) - info_len, fmt, ap);
+	va_end(ap);
+	if (n > 0 && info_len + n < sizeof(info))
+		info_len += n;
+}
+
+static void stop_then_exit(void)
+{
+	char line[sizeof(info) + 128];
+	int n = snprintf(line, sizeof(line), "memuse-scenario %s%s\n", scenario, info);
+
+	if (n > 0 && write(1, line, n) < 0)
+		_exit(1);
+	raise(SIGSTOP);
+	_exit(0);
+}
+
+static long number(int argc, char **argv, int index, long fallback)
+{
+	char *end;
+	long value;
+
+	if (index >= argc)
+		return fallback;
+	errno = 0;
+	value = strtol(argv[index], &end, 0);
+	if (errno || *end || end == argv[index] || value < 0)
+		die(2, "scenarios %s: not a number: %s\n", scenario, argv[index]);
+	return value;
+}
+
+static void touch(volatile char *start, long bytes)
+{
+	for (long i = 0; i < bytes; i += page)
+		start[i] = 1;
+}
+
+/* A page-aligned region at the top of the heap, grown with sbrk (brk). */
+static char *heap_region(long bytes)
+{
+	char *current = sbrk(0);
+	long pad = (long)(-(uintptr_t)current & (uintptr_t)(page - 1));
+	char *start;
+
+	if (pad && sbrk(pad) == (void *)-1)
+		die(UNAVAILABLE, "scenarios %s: sbrk: %s\n", scenario, strerror(errno));
+	start = sbrk(bytes);
+	if (start == (void *)-1)
+		die(UNAVAILABLE, "scenarios %s: sbrk(%ld): %s\n", scenario, bytes, strerror(errno));
+	return start;
+}
+
+static char *anonymous(long bytes, int extra_flags)
+{
+	char *start = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
+
+	if (start == MAP_FAILED)
+		die(UNAVAILABLE, "scenarios %s: mmap(%ld bytes): %s\n", scenario, bytes,
+		    strerror(errno));
+	return start;
+}
+
+/* Small regions stay in base pages whatever the THP setting, so counts are exact. */
+static void no_thp(char *start, long bytes)
+{
+	madvise(start, bytes, MADV_NOHUGEPAGE); /* EINVAL without THP: nothing to avoid */
+}
+
+static void do_nothing(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+}
+
+static void heap_active(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 20000);
+	char *p = malloc(bytes);
+
+	if (!p)
+		die(1, "scenarios %s: malloc failed\n", scenario);
+	for (long i = 0; i < bytes; i++)
+		p[i] = 'a';
+	keep = p;
+	add(" bytes=%ld addr=%p", bytes, (void *)p);
+}
+
+static void heap_passive(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 20000);
+	char *p = malloc(bytes);
+
+	if (!p)
+		die(1, "scenarios %s: malloc failed\n", scenario);
+	keep = p;
+	add(" bytes=%ld addr=%p", bytes, (void *)p);
+}
+
+static char *stack_top;
+
+static int __attribute__((noinline)) recurse(long calls, long left)
+{
+	volatile char here = 0;
+
+	if (left == 0) {
+		add(" calls=%ld span=%ld", calls, (long)(stack_top - (char *)&here));
+		stop_then_exit();
+		return 0;
+	}
+	/* not a tail call: the result is used after the call returns */
+	return recurse(calls, left - 1) + here;
+}
+
+static void stack(int argc, char **argv)
+{
+	volatile char anchor = 0;
+	long calls = number(argc, argv, 2, 20000);
+
+	stack_top = (char *)&anchor;
+	recurse(calls, calls);
+}
+
+static void heap_1g(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 1024) * MIB;
+	char *p = heap_region(bytes);
+
+	touch(p, bytes);
+	keep = p;
+	add(" bytes=%ld addr=%p", bytes, (void *)p);
+}
+
+static void mmap_anon(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 16) * MIB;
+	char *p = anonymous(bytes, 0);
+
+	touch(p, bytes);
+	keep = p;
+	add(" bytes=%ld addr=%p", bytes, (void *)p);
+}
+
+static void thp(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 8) * MIB;
+	char *raw = anonymous(bytes + HUGE_2M, 0);
+	char *p = (char *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+
+	/* trim to exactly the aligned region so it is a VMA of its own */
+	if (p > raw)
+		munmap(raw, p - raw);
+	if (raw + bytes + HUGE_2M > p + bytes)
+		munmap(p + bytes, raw + bytes + HUGE_2M - (p + bytes));
+	if (madvise(p, bytes, MADV_HUGEPAGE))
+		die(UNAVAILABLE, "scenarios %s: madvise(MADV_HUGEPAGE): %s\n", scenario,
+		    strerror(errno));
+	touch(p, bytes);
+	keep = p;
+	add(" bytes=%ld addr=%p", bytes, (void *)p);
+}
+
+static pthread_barrier_t parked;
+static pid_t tids[MAX_THREADS];
+
+static void *thread_main(void *arg)
+{
+	volatile char frame[64 * 1024];
+
+	memset((char *)frame, 1, sizeof(frame));
+	tids[(long)arg] = (pid_t)syscall(SYS_gettid);
+	pthread_barrier_wait(&parked);
+	for (;;)
+		pause();
+	return NULL;
+}
+
+static void threads(int argc, char **argv)
+{
+	long count = number(argc, argv, 2, 4);
+	pthread_t thread;
+
+	if (count < 1 || count > MAX_THREADS)
+		die(2, "scenarios %s: 1 to %d threads\n", scenario, MAX_THREADS);
+	pthread_barrier_init(&parked, NULL, count + 1);
+	for (long i = 0; i < count; i++) {
+		int err = pthread_create(&thread, NULL, thread_main, (void *)i);
+
+		if (err)
+			die(1, "scenarios %s: pthread_create: %s\n", scenario, strerror(err));
+	}
+	pthread_barrier_wait(&parked);
+	add(" threads=%ld tids=", count);
+	for (long i = 0; i < count; i++)
+		add(i ? ",%d" : "%d", tids[i]);
+}
+
+static void heap_dontneed(int argc, char **argv)
+{
+	long pages = number(argc, argv, 2, 64);
+	long dropped = number(argc, argv, 3, pages / 2);
+	char *p;
+
+	if (dropped > pages)
+		die(2, "scenarios %s: cannot drop more pages than there are\n", scenario);
+	p = heap_region(pages * page);
+	no_thp(p, pages * page);
+	touch(p, pages * page);
+	if (dropped && madvise(p + (pages - dropped) * page, dropped * page, MADV_DONTNEED))
+		die(1, "scenarios %s: madvise(MADV_DONTNEED): %s\n", scenario, strerror(errno));
+	keep = p;
+	add(" pages=%ld dropped=%ld addr=%p", pages, dropped, (void *)p);
+}
+
+static void heap_read_only(int argc, char **argv)
+{
+	long pages = number(argc, argv, 2, 64);
+	volatile char *p = heap_region(pages * page);
+	long sum = 0;
+
+	no_thp((char *)p, pages * page);
+	for (long i = 0; i < pages * page; i += page)
+		sum += p[i];
+	keep = p;
+	add(" pages=%ld sum=%ld addr=%p", pages, sum, (void *)p);
+}
+
+static void sparse_64g(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 64) * 1024 * MIB;
+	char *p = anonymous(bytes, MAP_NORESERVE);
+	char *touched = p + bytes / 2;
+
+	no_thp(p, bytes);
+	*touched = 1;
+	keep = p;
+	add(" bytes=%ld addr=%p touched=%p", bytes, (void *)p, (void *)touched);
+}
+
+static void hugetlb(int argc, char **argv)
+{
+	long pages = number(argc, argv, 2, 2);
+	long bytes = pages * HUGE_2M;
+	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_HUGE_2MB, -1, 0);
+
+	if (p == MAP_FAILED)
+		die(UNAVAILABLE, "scenarios %s: no %ld hugetlb pages of 2 MiB (%s): "
+		    "see /proc/sys/vm/nr_hugepages\n", scenario, pages, strerror(errno));
+	for (long i = 0; i < bytes; i += HUGE_2M)
+		p[i] = 1;
+	keep = p;
+	add(" pages=%ld bytes=%ld addr=%p", pages, bytes, (void *)p);
+}
+
+static const struct {
+	const char *name;
+	void (*run)(int argc, char **argv);
+} table[] = {
+	{ "do-nothing", do_nothing },
+	{ "heap-active", heap_active },
+	{ "heap-passive", heap_passive },
+	{ "stack", stack },
+	{ "heap-1g", heap_1g },
+	{ "mmap-anon", mmap_anon },
+	{ "thp", thp },
+	{ "threads", threads },
+	{ "heap-dontneed", heap_dontneed },
+	{ "heap-read-only", heap_read_only },
+	{ "sparse-64g", sparse_64g },
+	{ "hugetlb", hugetlb },
+};
+
+int main(int argc, char **argv)
+{
+	size_t i;
+
+	page = sysconf(_SC_PAGESIZE);
+	if (argc >= 2 && !strcmp(argv[1], "--list")) {
+		for (i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+			if (write(1, table[i].name, strlen(table[i].name)) < 0 || write(1, "\n", 1) < 0)
+				return 1;
+		return 0;
+	}
+	if (argc < 2)
+		die(2, "usage: scenarios NAME [ARGS] | scenarios --list\n");
+	scenario = argv[1];
+	/* a stopped child whose parent died would wait forever */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		if (!strcmp(table[i].name, scenario)) {
+			table[i].run(argc, argv);
+			stop_then_exit();
+		}
+	}
+	die(2, "scenarios: unknown scenario %s (scenarios --list shows them)\n", scenario);
+	return 2;
+}
