@@ -21,7 +21,7 @@ from .runner import Runner
 
 # Objects per enabled option, to size the first build's progress bar; later builds of the
 # same directory use the count they actually compiled.
-OBJECTS_PER_OPTION = 1.9
+OBJECTS_PER_OPTION = 1.55
 
 
 @dataclass
