@@ -56,13 +56,19 @@ def patch(
         patch_step.patch_tree(root, Path(out) if out else None, dry_run=dry_run)
 
 
-@task(help={"check": "fail if a shipped patch differs from what the templates give"})
+@task(
+    iterable=["tree"],
+    help={
+        "check": "fail if a shipped patch differs from what the templates give (no tree needed)",
+        "tree": "a tree to use for its kernel series instead of fetching one (repeatable)",
+    },
+)
 @one_line_errors
-def patches(c: Context, check: bool = False) -> None:
+def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -> None:
     """Regenerate every shipped patch in patches/ from the templates."""
     from memuse_kit.shipped import regenerate_all
 
-    regenerate_all(check=check)
+    regenerate_all([Path(t).expanduser().resolve() for t in tree or []], check=check)
 
 
 @task(
