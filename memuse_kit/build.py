@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -50,8 +51,17 @@ def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
     return ["make", f"O={bd.obj}", f"-j{jobs}", *cc.make_args()]
 
 
-def _env(cc: compiler.Compiler) -> dict:
-    env = {"KBUILD_BUILD_USER": "memuse-kit", "KBUILD_BUILD_HOST": "memuse-kit"}
+def _env(cc: compiler.Compiler, tree: Path) -> dict:
+    # A fixed build number and a timestamp that moves only when the memuse edits do keep
+    # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
+    stamp = patcher.patched_at(tree)
+    env = {
+        "KBUILD_BUILD_USER": "memuse-kit",
+        "KBUILD_BUILD_HOST": "memuse-kit",
+        "KBUILD_BUILD_VERSION": "1",
+    }
+    if stamp:
+        env["KBUILD_BUILD_TIMESTAMP"] = formatdate(stamp, usegmt=True)
     if cc.ccache:
         env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(ccache_dir()))
     return env
@@ -177,10 +187,10 @@ class Builder:
 
     def _stream(self, cmd: List[str], progress: BuildProgress) -> int:
         if self.runner.dry_run:
-            return self.runner.stream(cmd, cwd=self.tree, env=_env(self.cc))
+            return self.runner.stream(cmd, cwd=self.tree, env=_env(self.cc, self.tree))
         with self.bd.log.open("a") as log:
             status = self.runner.stream(
-                cmd, cwd=self.tree, env=_env(self.cc), sinks=[progress.feed], log=log
+                cmd, cwd=self.tree, env=_env(self.cc, self.tree), sinks=[progress.feed], log=log
             )
         progress.close(status == 0)
         return status

@@ -214,3 +214,9 @@ def recorded_number(tree: Path) -> Optional[int]:
     """The syscall number the tree was patched with, or None if it is not patched."""
     state = TreeState(tree)
     return state.data.get("nr") if state.exists else None
+
+
+def patched_at(tree: Path) -> Optional[float]:
+    """When the memuse edits of the tree last changed (the state file's mtime), or None."""
+    state = tree / STATE_DIR / STATE_FILE
+    return state.stat().st_mtime if state.is_file() else None
