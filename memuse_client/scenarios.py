@@ -42,6 +42,8 @@ SCENARIOS = (
     "hugetlb",
 )
 UNAVAILABLE_STATUS = 77
+# a binary compiled elsewhere (the host, for a VM guest whose filesystem is read-only)
+ENV_BINARY = "MEMUSE_SCENARIOS_BIN"
 # -O0 keeps one real frame per call of the `stack` recursion; the -fno-* say so explicitly
 CFLAGS = ["-O0", "-fno-inline", "-fno-optimize-sibling-calls", "-pthread", "-Wall"]
 
@@ -87,6 +89,9 @@ def _usable_dir(directory: Path) -> bool:
 def scenarios_binary(dirs: Optional[List[Path]] = None) -> Path:
     """The compiled scenarios program, built now if no directory has it yet."""
     name = binary_name()
+    given = os.environ.get(ENV_BINARY)
+    if given and Path(given).name == name and os.access(given, os.X_OK):
+        return Path(given)  # named explicitly, e.g. by `invoke vm` for the guest
     dirs = binary_dirs() if dirs is None else dirs
     for directory in dirs:
         candidate = directory / name

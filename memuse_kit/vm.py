@@ -18,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO
 
 from .builddir import BuildDir
 from .cache import cache_root
@@ -49,10 +49,23 @@ class VmResult:
     kernel_log: List[str]
 
 
-def guest_script(command: List[str], nonce: str, cwd: Path) -> str:
+def prebuilt_scenarios() -> Dict[str, str]:
+    """Compile the client's scenario program on the host, so the guest need not (slow in TCG)."""
+    try:
+        from memuse_client.scenarios import ENV_BINARY, scenarios_binary
+
+        return {ENV_BINARY: str(scenarios_binary())}
+    except Exception:  # the guest compiles it itself then
+        return {}
+
+
+def guest_script(
+    command: List[str], nonce: str, cwd: Path, extra: Optional[Dict[str, str]] = None
+) -> str:
     """The shell line the guest runs: environment, markers around the command, its status."""
     bin_dir = str(Path(sys.executable).parent)
     exports = {
+        **(extra or {}),
         "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "MEMUSE_KIT_CACHE": str(cache_root()),
         "PYTHONUNBUFFERED": "1",
@@ -151,7 +164,8 @@ def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
         raise KitError("vng (virtme-ng) is not installed: pip install virtme-ng")
     use_kvm = options.accel == "kvm" or (options.accel == "auto" and kvm_works())
     nonce = secrets.token_hex(4)
-    cmd = vng_command(options, guest_script(options.command, nonce, options.cwd), use_kvm)
+    extra = {} if options.dry_run else prebuilt_scenarios()
+    cmd = vng_command(options, guest_script(options.command, nonce, options.cwd, extra), use_kvm)
     runner = Runner(dry_run=options.dry_run)
     reader = ConsoleReader(nonce, sys.stdout, sys.stderr)
     if options.dry_run:
