@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from . import install as installer
 from .builddir import BuildDir
@@ -24,6 +25,16 @@ def find_build(tree: Path, config: Optional[str]) -> BuildDir:
     return latest
 
 
+def guest_command(remainder: str, argv: List[str]) -> List[str]:
+    """The words after `--`. Invoke hands them over joined by spaces, which loses the quoting
+    of an argument like `sh -c 'a; b'`, so they are taken from argv when it has them."""
+    if "--" in argv:
+        words = argv[argv.index("--") + 1 :]
+        if " ".join(words) == remainder:
+            return words or list(DEFAULT_COMMAND)
+    return shlex.split(remainder) if remainder.strip() else list(DEFAULT_COMMAND)
+
+
 def vm_command(
     tree: Optional[str],
     source: Optional[str],
@@ -37,7 +48,7 @@ def vm_command(
     if accel not in ("auto", "kvm", "tcg"):
         raise KitError(f"--accel {accel}: use auto, kvm or tcg")
     root = resolve_tree(tree, source)
-    command = shlex.split(remainder) if remainder.strip() else list(DEFAULT_COMMAND)
+    command = guest_command(remainder, sys.argv)
     options = VmOptions(
         build=find_build(root, config),
         command=command,
