@@ -216,3 +216,5 @@ def test_version_branches_follow_the_kernel(tmp_path):
     assert "vma = vma->vm_next" in old_c and "for_each_vma(vmi, vma)" in new_c
     assert "huge_ptep_get(pte)" in old_c and "huge_ptep_get(walk->mm, addr, pte)" in new_c
     assert ".test_walk" in old_c and ".test_walk" not in new_c
+    assert "pmd_trans_unstable(pmd)" in old_c and "pmd_trans_unstable" not in new_c
+    assert "ACTION_AGAIN" in new_c and "ACTION_AGAIN" not in old_c
