@@ -79,6 +79,12 @@ def guest_script(
     )
 
 
+def vng_path() -> Optional[str]:
+    """virtme-ng's vng: beside this Python (a venv not on PATH), else on PATH."""
+    beside = Path(sys.executable).parent / "vng"
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which("vng")
+
+
 def kvm_works(probe_timeout: float = 60.0) -> bool:
     """KVM can exist and still hang guests (it does on some hosts): boot once to find out.
 
@@ -102,7 +108,7 @@ def kvm_works(probe_timeout: float = 60.0) -> bool:
 
 def _probe_kvm(timeout: float) -> bool:
     kernel = Path("/boot") / f"vmlinuz-{os.uname().release}"
-    vng = shutil.which("vng")
+    vng = vng_path()
     if not vng or not kernel.is_file():
         return False
     try:
@@ -117,7 +123,7 @@ def _probe_kvm(timeout: float) -> bool:
 
 def vng_command(options: VmOptions, script: str, use_kvm: bool) -> List[str]:
     image = options.build.image()
-    cmd = ["vng", "--run", str(image), "--user", "root", "--verbose"]
+    cmd = [vng_path() or "vng", "--run", str(image), "--user", "root", "--verbose"]
     cmd += ["--memory", options.memory, "--cpus", str(options.cpus)]
     if not use_kvm:
         cmd += ["--disable-kvm"]
@@ -160,7 +166,7 @@ def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
     image = options.build.image()
     if not image.is_file() and not options.dry_run:
         raise KitError(f"no built kernel at {image}: run invoke build --config vm first")
-    if not shutil.which("vng") and not options.dry_run:
+    if not vng_path() and not options.dry_run:
         raise KitError("vng (virtme-ng) is not installed: pip install virtme-ng")
     use_kvm = options.accel == "kvm" or (options.accel == "auto" and kvm_works())
     nonce = secrets.token_hex(4)
