@@ -85,6 +85,11 @@ def vng_path() -> Optional[str]:
     return str(beside) if os.access(beside, os.X_OK) else shutil.which("vng")
 
 
+def vng_env(vng: str) -> Dict[str, str]:
+    """vng runs virtme-run by name: let it find the one installed beside it."""
+    return {"PATH": f"{Path(vng).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def kvm_works(probe_timeout: float = 60.0) -> bool:
     """KVM can exist and still hang guests (it does on some hosts): boot once to find out.
 
@@ -181,7 +186,9 @@ def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
     print(f"booting {image} ({'KVM' if use_kvm else 'TCG'}) ...", file=sys.stderr, flush=True)
     with log_path.open("w") as log:
         try:
-            status = runner.stream(cmd, sinks=[reader.feed], log=log, timeout=options.timeout)
+            status = runner.stream(
+                cmd, env=vng_env(cmd[0]), sinks=[reader.feed], log=log, timeout=options.timeout
+            )
         except CommandTimeout:
             raise KitError(
                 f"the VM did not finish within {options.timeout:.0f}s; console log: {log_path}"
