@@ -57,6 +57,10 @@ def differences(cached: Path, copy: Path) -> Iterator[Tuple[str, str]]:
             original = cached / rel
             if rel.startswith(".memuse-kit"):
                 yield rel, "state left behind"
+            elif path.is_symlink():
+                # e.g. 7.2's arch/arm64/tools/syscall_64.tbl -> scripts/syscall.tbl, checked there
+                if not original.is_symlink() or os.readlink(path) != os.readlink(original):
+                    yield rel, "symlink differs"
             elif not original.exists():
                 yield rel, "not in the pristine tree"
             elif (
