@@ -1,0 +1,62 @@
+"""tests/guest: the memuse kernel's own tests, run as root inside a booted memuse kernel.
+
+Everywhere else (the ordinary host test run collects this directory too) every test here is
+skipped. Inside, the syscall number comes from the client's discovery ($MEMUSE_NR, the
+build's metadata, headers), the kernel log is watched for the whole session, and the
+measured tables are printed at the end, so that a CI log shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memuse_client import MemuseUnavailable
+from memuse_client.syscall import syscall_number
+from tests import guest_support
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = guest_support.skip_reason()
+    if reason is None:
+        return
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if guest_support.REPORT:
+        terminalreporter.write_sep("=", "memuse measured in this kernel")
+        for line in guest_support.REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def nr() -> int:
+    """The memuse system call number of the running kernel."""
+    try:
+        return syscall_number().nr
+    except MemuseUnavailable as error:
+        pytest.fail(f"this kernel has memuse but its number is unknown: {error}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_kernel_log():
+    """No test of the session may leave a kernel bug, warning, KASAN or lockdep report."""
+    mark = guest_support.log_mark()
+    lockdep_at_start = guest_support.lockdep_active()
+    if lockdep_at_start is False:
+        # a problem before the tests (at boot) made lockdep stop: say so, it is not memuse's
+        guest_support.REPORT.append(
+            "NOTE: lockdep was already off when the tests began, so they cannot show the "
+            f"locking is clean; the kernel's first report: {guest_support.first_report()}"
+        )
+    yield
+    reports = guest_support.reports_since(mark)
+    assert not reports, "the kernel reported problems:\n" + "\n".join(reports[:40])
+    if lockdep_at_start:
+        assert guest_support.lockdep_active(), "lockdep turned itself off during the tests"

@@ -1,0 +1,371 @@
+"""Helpers for tests/guest, which run as root inside a booted memuse kernel.
+
+The syscall is called through ctypes here rather than memuse_client.raw_memuse so that the
+tests see the kernel's answer untouched: the value, or -1 and the errno (EINTR included).
+The smaps side is parsed here too, keeping every field (AnonHugePages, the hugetlb fields),
+so that a test can show the target did not change while it was measured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import json
+import os
+import pwd
+import re
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from memuse_client.discovery import kallsyms_has_memuse
+from memuse_client.smaps import thread_size
+
+PAGE = os.sysconf("SC_PAGESIZE")
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+USER_KINDS = (1, 3, 4, 5)
+ALL_KINDS = (1, 2, 3, 4, 5)
+KERNEL_STACK = 2
+DOCUMENTED_ERRNOS = frozenset({errno.EINVAL, errno.ESRCH, errno.EACCES, errno.EINTR})
+# lines the terminal summary prints after the run: the tables and numbers a CI log should show
+REPORT: List[str] = []
+
+
+def skip_reason() -> Optional[str]:
+    """Why tests/guest cannot run here, or None inside a memuse kernel as root."""
+    if kallsyms_has_memuse() is not True:
+        return "the running kernel has no memuse system call (tests/guest runs in its VM)"
+    if os.geteuid() != 0:
+        return "tests/guest needs root (nr_hugepages, other users' processes, setresuid)"
+    return None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def call(nr: int, pid: int, kind: int) -> Tuple[int, int]:
+    """memuse(pid, kind) as system call nr: (bytes, 0), or (-1, errno) when it failed.
+
+    The arguments go in as C longs, so a kind beyond 32 bits reaches the kernel whole and
+    the kernel's int parameter sees its low 32 bits, as for any int syscall argument.
+    """
+    ctypes.set_errno(0)
+    result = _syscall(ctypes.c_long(nr), ctypes.c_long(pid), ctypes.c_long(kind))
+    return (int(result), 0) if result >= 0 else (-1, ctypes.get_errno())
+
+
+def errno_name(code: int) -> str:
+    return errno.errorcode.get(code, str(code)) if code else "ok"
+
+
+@functools.lru_cache(maxsize=1)
+def expected_thread_size() -> int:
+    """THREAD_SIZE of the running kernel (from /proc/config.gz: 16 KiB, 32 KiB with KASAN).
+
+    Cached: ask once as root, before a child drops privileges (the client also looks in
+    root's build cache, which nobody may not read).
+    """
+    size = thread_size()
+    if size is None:
+        raise AssertionError("THREAD_SIZE unknown: the vm config enables IKCONFIG_PROC")
+    return size
+
+
+# --- /proc/PID/smaps ------------------------------------------------------------------------
+
+_VMA_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s+\S+\s+\S+\s+\S+\s+\d+\s*(.*)$")
+_FIELD = re.compile(r"^(\w+):\s+(\d+) kB$")
+# smaps names these VMAs but memuse does not count them as kernel mappings: [heap] and
+# [stack] have kinds of their own, [vsyscall] is the gate area (no VMA of the process), and
+# [anon:...]/[anon_shmem:...] are names userspace gave with prctl(PR_SET_VMA)
+_NOT_KERNEL_MAPPINGS = ("[heap]", "[stack]", "[vsyscall]")
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    name: str
+    fields: Dict[str, int] = field(default_factory=dict)  # bytes, from "Name: N kB"
+
+    @property
+    def resident(self) -> int:
+        """Rss plus hugetlb pages, which smaps lists apart from Rss."""
+        hugetlb = self.fields.get("Private_Hugetlb", 0) + self.fields.get("Shared_Hugetlb", 0)
+        return self.fields.get("Rss", 0) + hugetlb
+
+
+def parse_smaps(text: str) -> List[Vma]:
+    vmas: List[Vma] = []
+    for line in text.splitlines():
+        header = _VMA_HEADER.match(line)
+        if header:
+            start, end = int(header.group(1), 16), int(header.group(2), 16)
+            vmas.append(Vma(start, end, header.group(3).strip()))
+            continue
+        found = _FIELD.match(line)
+        if found and vmas:
+            vmas[-1].fields[found.group(1)] = int(found.group(2)) * 1024
+    return vmas
+
+
+def read_smaps(pid: Union[int, str]) -> List[Vma]:
+    return parse_smaps(Path(f"/proc/{pid}/smaps").read_text())
+
+
+def read_rollup(pid: Union[int, str]) -> Dict[str, int]:
+    """smaps_rollup's fields in bytes; {} for a task without an mm (ESRCH since 6.13)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except ProcessLookupError:
+        return {}
+    found = (_FIELD.match(line) for line in text.splitlines())
+    return {m.group(1): int(m.group(2)) * 1024 for m in found if m}
+
+
+def kind_of(name: str) -> Optional[int]:
+    """The memuse kind of a VMA smaps names `name`, None for files and unnamed memory."""
+    if name == "[heap]":
+        return 3
+    if name == "[stack]":
+        return 1
+    bracketed = name.startswith("[") and name.endswith("]")
+    if bracketed and name not in _NOT_KERNEL_MAPPINGS and not name.startswith("[anon"):
+        return 4
+    return None
+
+
+@dataclass(frozen=True)
+class SmapsView:
+    """One reading of a process's smaps and smaps_rollup."""
+
+    vmas: Tuple[Vma, ...]
+    rollup: Dict[str, int]
+
+    def expected(self, kind: int) -> int:
+        """What memuse(pid, kind) must return for kinds 1, 3, 4 and 5."""
+        if kind == 5:
+            keys = ("Rss", "Private_Hugetlb", "Shared_Hugetlb")
+            return sum(self.rollup.get(key, 0) for key in keys)
+        return sum(vma.resident for vma in self.vmas if kind_of(vma.name) == kind)
+
+    def footprint(self) -> List[Tuple[Any, ...]]:
+        """What memuse must not change: every VMA's resident, THP and hugetlb figures.
+
+        Pss and the shared/private split are left out: they move when other processes
+        map or unmap the same file pages, which says nothing about this process.
+        """
+        keys = ("Rss", "Anonymous", "AnonHugePages", "Private_Hugetlb", "Shared_Hugetlb")
+        rows = [
+            (vma.start, vma.end, vma.name, *(vma.fields.get(key, 0) for key in keys))
+            for vma in self.vmas
+        ]
+        rows.append(("rollup", *(self.rollup.get(key, 0) for key in keys)))
+        return rows
+
+    def vma_at(self, address: int) -> Vma:
+        for vma in self.vmas:
+            if vma.start <= address < vma.end:
+                return vma
+        raise AssertionError(f"no VMA holds {address:#x}")
+
+
+def smaps_view(pid: Union[int, str]) -> SmapsView:
+    """smaps and smaps_rollup of a pid, or of "self"."""
+    return SmapsView(tuple(read_smaps(pid)), read_rollup(pid))
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def task_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat: R, S, D, T, Z, I..."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def nobody() -> Tuple[int, int]:
+    """uid and gid of the unprivileged user the permission tests run as."""
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        return 65534, 65534
+
+
+def drop_privileges(uid: int, gid: int, ruid: Optional[int] = None) -> None:
+    """Become uid/gid (real uid `ruid` if given) with no supplementary groups."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    real = uid if ruid is None else ruid
+    os.setresuid(real, uid, uid)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A forked child computing one answer, sent back as JSON through a pipe."""
+
+    pid: int
+    answer_fd: int
+
+
+def spawn(function: Callable[[], Any]) -> Child:
+    """Start function() in a forked child; collect() its result.
+
+    The child never returns into pytest: it always leaves through os._exit.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        status = 0
+        try:
+            message = {"result": function()}
+        except BaseException:
+            message = {"error": traceback.format_exc()}
+            status = 1
+        try:
+            os.write(write_end, json.dumps(message).encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    return Child(pid, read_end)
+
+
+def collect(child: Child, timeout: float = 600.0) -> Any:
+    """The result of a spawn()ed function (its exception re-raised as an AssertionError)."""
+    try:
+        data = _read_all(child.answer_fd, timeout)
+    finally:
+        os.close(child.answer_fd)
+        kill_and_reap(child.pid)
+    if not data:
+        raise AssertionError("the child process died without an answer")
+    message = json.loads(data)
+    if "error" in message:
+        raise AssertionError(f"in the child process:\n{message['error']}")
+    return message["result"]
+
+
+def in_child(function: Callable[[], Any], timeout: float = 600.0) -> Any:
+    """function() run in a forked child; its JSON-able result."""
+    return collect(spawn(function), timeout)
+
+
+def _read_all(fd: int, timeout: float) -> bytes:
+    import select
+
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no answer from the child process within {timeout:g}s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def spawn_as_user(uid: int, gid: int, function: Callable[[], Any]) -> Child:
+    """spawn() function in a child that dropped root for uid/gid."""
+    expected_thread_size()  # cached now, while root can read the kernel config
+
+    def dropped() -> Any:
+        drop_privileges(uid, gid)
+        return function()
+
+    return spawn(dropped)
+
+
+def as_user(uid: int, gid: int, function: Callable[[], Any]) -> Any:
+    """function() run in a child that dropped root for uid/gid; its result."""
+    return collect(spawn_as_user(uid, gid, function))
+
+
+# --- the kernel log -------------------------------------------------------------------------
+
+# what a kernel problem prints; boot banners that merely mention lockdep are not reports
+_REPORT = re.compile(
+    r"\bBUG\b|WARNING:|\bOops\b|KASAN|UBSAN|general protection fault|Call Trace|"
+    r"possible (circular|recursive) locking|inconsistent lock state|suspicious RCU usage|"
+    r"lock held when returning|INFO: task .* blocked|detected stalls?|soft lockup|"
+    r"lockdep is turned off|turning off the locking correctness validator"
+)
+_BANNER = re.compile(r"RCU lockdep checking is enabled|^\.\.\. MAX_LOCKDEP|Lock dependency")
+
+
+def is_report(message: str) -> bool:
+    return bool(_REPORT.search(message)) and not _BANNER.search(message)
+
+
+def kernel_log() -> List[Tuple[int, str]]:
+    """Every record /dev/kmsg still holds: (sequence number, message)."""
+    records: List[Tuple[int, str]] = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                raw = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:  # records overwritten while reading: carry on
+                continue
+            header, _, message = raw.decode(errors="replace").partition(";")
+            fields = header.split(",")
+            records.append((int(fields[1]), message.split("\n", 1)[0]))
+    finally:
+        os.close(fd)
+    return records
+
+
+def log_mark() -> int:
+    """The sequence number of the newest kernel log record."""
+    records = kernel_log()
+    return records[-1][0] if records else -1
+
+
+def reports_since(mark: int) -> List[str]:
+    """Kernel log lines after `mark` that report a bug, warning, KASAN or lockdep splat."""
+    return [message for seq, message in kernel_log() if seq > mark and is_report(message)]
+
+
+def first_report() -> Optional[str]:
+    """The first problem the kernel log holds, boot included."""
+    return next((message for _, message in kernel_log() if is_report(message)), None)
+
+
+def lockdep_active() -> Optional[bool]:
+    """Whether lockdep is still on (it turns itself off after its first report)."""
+    try:
+        text = Path("/proc/lockdep_stats").read_text()
+    except OSError:
+        return None
+    found = re.search(r"debug_locks:\s+(\d+)", text)
+    return bool(int(found.group(1))) if found else None
