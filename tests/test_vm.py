@@ -86,16 +86,28 @@ def test_packages_install_into_a_throwaway_root(vm_kernel, tmp_path):
     assert f"ii  linux-image-{release}" in status
 
 
-def test_guest_suite_passes_in_the_vm(vm_kernel):
-    _, _, bd = vm_kernel
+def test_guest_suite_passes_in_the_vm(vm_kernel, measured):
+    spec, _, bd = vm_kernel
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/guest", "-q", "-rA"]
+    command += ["--color=no"]
     result = boot(bd, command)
+    measured += [f"tests/guest on {spec}:", *guest_report(result.output)]
     assert result.status == 0, "\n".join(result.output[-60:])
     assert any(" passed" in line for line in result.output)
+    assert not any(line.startswith(("FAILED", "ERROR", "SKIPPED")) for line in result.output)
 
 
-def test_experiment_and_hello_module_in_the_vm(vm_kernel):
-    _, tree, bd = vm_kernel
+def guest_report(output: List[str]) -> List[str]:
+    """The tables tests/guest prints in its summary: between its heading and the next one."""
+    start = next((i for i, line in enumerate(output) if "memuse measured" in line), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(output)) if output[i].startswith("====")), None)
+    return output[start + 1 : end]
+
+
+def test_experiment_and_hello_module_in_the_vm(vm_kernel, measured):
+    spec, tree, bd = vm_kernel
     module = build_module("hello", tree, bd)
     script = (
         "memuse experiment --check && "
@@ -105,6 +117,7 @@ def test_experiment_and_hello_module_in_the_vm(vm_kernel):
     )
     result = boot(bd, ["sh", "-c", script])
     assert result.status == 0, "\n".join(result.output[-40:])
+    measured += [f"memuse experiment on {spec}:", *result.output]
     text = "\n".join(result.output)
     assert "heap active" in text.lower()
     assert "Hello, world!" in result.output and "Goodbye, world." in result.output

@@ -70,7 +70,9 @@ def heap_1g(pid: StoppedScenario, view: SmapsView) -> None:
 def anonymous_not_heap(pid: StoppedScenario, view: SmapsView) -> None:
     region = view.vma_at(pid.number("addr"))
     assert kind_of(region.name) is None
-    assert region.fields["Rss"] == 16 * MIB
+    # the kernel may merge the mapping with an adjacent anonymous VMA (5.10 does, with a
+    # page of the loader's): the mapping's 16 MiB and at most a few pages more
+    assert 16 * MIB <= region.fields["Rss"] <= 16 * MIB + 16 * PAGE
     assert view.expected(3) == 0  # this scenario never calls malloc: no [heap] at all
 
 

@@ -137,12 +137,18 @@ class ForkLog:
 def waiting_in_memuse(pid: int) -> bool:
     """Whether the caller sleeps in memuse: in its mmap_read_lock_killable(), the one sleep.
 
-    TASK_KILLABLE shows as D; wchan skips the rwsem functions (they are __sched), so it
-    names memuse's own frame. The walk itself never sleeps in D.
+    TASK_KILLABLE shows as D. wchan skips the rwsem functions (they are __sched), so it
+    names memuse's own frame, but before 5.16 x86 computes wchan from frame pointers and
+    shows 0 with the ORC unwinder: then /proc/PID/stack says where it sleeps. The walk
+    itself never sleeps in D.
     """
     try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        return task_state(pid) == "D" and "memuse" in wchan
+        if task_state(pid) != "D":
+            return False
+        where = Path(f"/proc/{pid}/wchan").read_text()
+        if where in ("", "0"):
+            where = Path(f"/proc/{pid}/stack").read_text()
+        return "memuse" in where
     except OSError:
         return False
 
