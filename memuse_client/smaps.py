@@ -19,7 +19,7 @@ import gzip
 import platform
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Union
 
@@ -34,18 +34,34 @@ THREAD_SIZE = 16384
 THREAD_SIZE_KASAN = 32768
 
 
-@dataclass
+HUGETLB_FIELDS = ("Private_Hugetlb", "Shared_Hugetlb")
+
+
+@dataclass(frozen=True)
 class Vma:
     start: int
     end: int
     name: str
-    rss: int = 0
-    hugetlb: int = 0
+    fields: Dict[str, int] = field(default_factory=dict)  # bytes, from "Name: N kB"
+
+    @property
+    def rss(self) -> int:
+        return self.fields.get("Rss", 0)
+
+    @property
+    def hugetlb(self) -> int:
+        return sum(self.fields.get(key, 0) for key in HUGETLB_FIELDS)
 
     @property
     def resident(self) -> int:
         """Bytes the syscall counts: present pages plus hugetlb pages (not in smaps' Rss)."""
         return self.rss + self.hugetlb
+
+
+def parse_fields(text: str) -> Dict[str, int]:
+    """The "Name: N kB" lines of a text (smaps_rollup, one VMA of smaps), in bytes."""
+    found = (_FIELD.match(line) for line in text.splitlines())
+    return {m.group(1): int(m.group(2)) * 1024 for m in found if m}
 
 
 def parse_smaps(text: str) -> List[Vma]:
@@ -56,23 +72,15 @@ def parse_smaps(text: str) -> List[Vma]:
             start, end = int(header.group(1), 16), int(header.group(2), 16)
             vmas.append(Vma(start, end, header.group(3).strip()))
             continue
-        field = _FIELD.match(line)
-        if field and vmas:
-            name, kib = field.group(1), int(field.group(2))
-            if name == "Rss":
-                vmas[-1].rss += kib * 1024
-            elif name in ("Shared_Hugetlb", "Private_Hugetlb"):
-                vmas[-1].hugetlb += kib * 1024
+        found = _FIELD.match(line)
+        if found and vmas:
+            vmas[-1].fields[found.group(1)] = int(found.group(2)) * 1024
     return vmas
 
 
 def parse_rollup(text: str) -> int:
-    total = 0
-    for line in text.splitlines():
-        field = _FIELD.match(line)
-        if field and field.group(1) in ("Rss", "Shared_Hugetlb", "Private_Hugetlb"):
-            total += int(field.group(2)) * 1024
-    return total
+    fields = parse_fields(text)
+    return sum(fields.get(key, 0) for key in ("Rss", *HUGETLB_FIELDS))
 
 
 def classify(name: str) -> Optional[Kind]:

@@ -2,8 +2,8 @@
 
 The syscall is called through ctypes here rather than memuse_client.raw_memuse so that the
 tests see the kernel's answer untouched: the value, or -1 and the errno (EINTR included).
-The smaps side is parsed here too, keeping every field (AnonHugePages, the hugetlb fields),
-so that a test can show the target did not change while it was measured.
+smaps is parsed by the client's parser, which keeps every field (AnonHugePages, the hugetlb
+fields), so that a test can show the target did not change while it was measured.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import re
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from memuse_client.discovery import kallsyms_has_memuse
-from memuse_client.smaps import thread_size
+from memuse_client.smaps import Vma, classify, parse_fields, parse_smaps, thread_size
 
 PAGE = os.sysconf("SC_PAGESIZE")
 MIB = 1024 * 1024
@@ -80,41 +80,6 @@ def expected_thread_size() -> int:
 
 # --- /proc/PID/smaps ------------------------------------------------------------------------
 
-_VMA_HEADER = re.compile(r"^([0-9a-f]+)-([0-9a-f]+)\s+\S+\s+\S+\s+\S+\s+\d+\s*(.*)$")
-_FIELD = re.compile(r"^(\w+):\s+(\d+) kB$")
-# smaps names these VMAs but memuse does not count them as kernel mappings: [heap] and
-# [stack] have kinds of their own, [vsyscall] is the gate area (no VMA of the process), and
-# [anon:...]/[anon_shmem:...] are names userspace gave with prctl(PR_SET_VMA)
-_NOT_KERNEL_MAPPINGS = ("[heap]", "[stack]", "[vsyscall]")
-
-
-@dataclass(frozen=True)
-class Vma:
-    start: int
-    end: int
-    name: str
-    fields: Dict[str, int] = field(default_factory=dict)  # bytes, from "Name: N kB"
-
-    @property
-    def resident(self) -> int:
-        """Rss plus hugetlb pages, which smaps lists apart from Rss."""
-        hugetlb = self.fields.get("Private_Hugetlb", 0) + self.fields.get("Shared_Hugetlb", 0)
-        return self.fields.get("Rss", 0) + hugetlb
-
-
-def parse_smaps(text: str) -> List[Vma]:
-    vmas: List[Vma] = []
-    for line in text.splitlines():
-        header = _VMA_HEADER.match(line)
-        if header:
-            start, end = int(header.group(1), 16), int(header.group(2), 16)
-            vmas.append(Vma(start, end, header.group(3).strip()))
-            continue
-        found = _FIELD.match(line)
-        if found and vmas:
-            vmas[-1].fields[found.group(1)] = int(found.group(2)) * 1024
-    return vmas
-
 
 def read_smaps(pid: Union[int, str]) -> List[Vma]:
     return parse_smaps(Path(f"/proc/{pid}/smaps").read_text())
@@ -123,23 +88,15 @@ def read_smaps(pid: Union[int, str]) -> List[Vma]:
 def read_rollup(pid: Union[int, str]) -> Dict[str, int]:
     """smaps_rollup's fields in bytes; {} for a task without an mm (ESRCH since 6.13)."""
     try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        return parse_fields(Path(f"/proc/{pid}/smaps_rollup").read_text())
     except ProcessLookupError:
         return {}
-    found = (_FIELD.match(line) for line in text.splitlines())
-    return {m.group(1): int(m.group(2)) * 1024 for m in found if m}
 
 
 def kind_of(name: str) -> Optional[int]:
     """The memuse kind of a VMA smaps names `name`, None for files and unnamed memory."""
-    if name == "[heap]":
-        return 3
-    if name == "[stack]":
-        return 1
-    bracketed = name.startswith("[") and name.endswith("]")
-    if bracketed and name not in _NOT_KERNEL_MAPPINGS and not name.startswith("[anon"):
-        return 4
-    return None
+    kind = classify(name)
+    return None if kind is None else int(kind)
 
 
 @dataclass(frozen=True)
