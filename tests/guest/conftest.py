@@ -8,6 +8,7 @@ measured tables are printed at the end, so that a CI log shows them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,16 @@ def nr() -> int:
         return syscall_number().nr
     except MemuseUnavailable as error:
         pytest.fail(f"this kernel has memuse but its number is unknown: {error}")
+
+
+@pytest.fixture
+def reaped_pid() -> int:
+    """A pid that named a process a moment ago: it exited and was reaped."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,12 +26,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def reaped_pid() -> int:
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
-
-
 def test_the_api_agrees_with_smaps_for_a_stopped_process():
     with stopped_scenario("heap-active", 20000) as pid:
         for kind in SMAPS_KINDS:
@@ -40,9 +34,9 @@ def test_the_api_agrees_with_smaps_for_a_stopped_process():
         assert memuse(pid, 3) == memuse(pid, Kind.HEAP) > 0
 
 
-def test_the_api_raises_the_errno_as_its_exception():
+def test_the_api_raises_the_errno_as_its_exception(reaped_pid):
     with pytest.raises(ProcessLookupError):
-        memuse(reaped_pid(), Kind.TOTAL)
+        memuse(reaped_pid, Kind.TOTAL)
     with pytest.raises(ValueError):
         memuse(1, 6)
     uid, gid = nobody()
@@ -88,8 +82,8 @@ def test_the_cli_compare_shows_both_sides():
         (["--kind", "7", "1"], "kind"),
     ],
 )
-def test_the_cli_fails_in_one_line(args: List[str], says: str):
-    done = cli(*(arg.format(reaped=reaped_pid()) for arg in args))
+def test_the_cli_fails_in_one_line(args: List[str], says: str, reaped_pid):
+    done = cli(*(arg.format(reaped=reaped_pid) for arg in args))
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0].lower(), done.stderr

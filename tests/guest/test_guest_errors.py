@@ -36,16 +36,6 @@ CLONE_NEWPID = 0x20000000
 
 
 @pytest.fixture
-def reaped_pid() -> int:
-    """A pid that named a process a moment ago: it exited and was reaped."""
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return pid
-
-
-@pytest.fixture
 def zombie() -> Iterator[int]:
     """A child that exited and is not reaped yet."""
     pid = os.fork()
