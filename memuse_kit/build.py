@@ -62,6 +62,9 @@ def _env(cc: compiler.Compiler, tree: Path) -> dict:
     }
     if stamp:
         env["KBUILD_BUILD_TIMESTAMP"] = formatdate(stamp, usegmt=True)
+    path = preflight.tool_path()
+    if path != os.environ.get("PATH"):
+        env["PATH"] = path  # modules_install runs depmod, which is in /usr/sbin
     if cc.ccache:
         env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(ccache_dir()))
     return env

@@ -40,9 +40,17 @@ REQUIREMENTS: Tuple[Requirement, ...] = (
 )
 
 HEADER_DIRS = (Path("/usr/include"), Path("/usr/include/x86_64-linux-gnu"))
+# depmod lives here, and a plain user's PATH on Debian has none of them
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 # GiB a build needs in the cache; a distribution config with all its modules is big.
 DISK_GIB = {"running": 30, "default": 8}
+
+
+def tool_path() -> str:
+    """PATH for finding and running the build's tools: the user's, then the sbin dirs."""
+    parts = [part for part in os.environ.get("PATH", os.defpath).split(os.pathsep) if part]
+    return os.pathsep.join(parts + [d for d in SBIN_DIRS if d not in parts])
 
 
 def missing_packages(
@@ -52,7 +60,7 @@ def missing_packages(
     for req in REQUIREMENTS if requirements is None else requirements:
         if kernel.tuple[:2] < req.since:
             continue
-        if req.command and shutil.which(req.command):
+        if req.command and shutil.which(req.command, path=tool_path()):
             continue
         if req.header and any((d / req.header).is_file() for d in HEADER_DIRS):
             continue

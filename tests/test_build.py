@@ -151,3 +151,25 @@ def test_requirements_follow_the_kernel_version(monkeypatch):
     reqs = (preflight.Requirement("new-pkg", command="no-such-command-xyz", since=(7, 0)),)
     assert preflight.missing_packages(KernelVersion(6, 1, 0), reqs) == []
     assert preflight.missing_packages(KernelVersion(7, 2, 0), reqs) == ["new-pkg"]
+
+
+def test_tools_in_sbin_count_for_a_user_whose_path_lacks_it(monkeypatch, tmp_path):
+    from memuse_kit.kernel_version import KernelVersion
+
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    tool = sbin / "depmod-xyz"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(preflight, "SBIN_DIRS", (str(sbin),))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # Debian's default for a plain user
+    reqs = (preflight.Requirement("kmod", command="depmod-xyz"),)
+    assert preflight.missing_packages(KernelVersion(6, 1, 0), reqs) == []
+    assert preflight.tool_path() == f"/usr/bin:/bin:{sbin}"
+
+
+def test_make_runs_with_the_sbin_dirs_on_its_path(tree, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    build(options(tree, dry_run=True))
+    packaging = [line for line in capsys.readouterr().out.splitlines() if "bindeb-pkg" in line]
+    assert packaging and "PATH=/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin" in packaging[0]
