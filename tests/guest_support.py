@@ -15,6 +15,7 @@ import json
 import os
 import pwd
 import re
+import select
 import signal
 import time
 import traceback
@@ -232,17 +233,30 @@ def in_child(function: Callable[[], Any], timeout: float = 600.0) -> Any:
     return collect(spawn(function), timeout)
 
 
-def _read_all(fd: int, timeout: float) -> bytes:
-    import select
+def readable(fd: int, timeout: float = 0.0) -> bool:
+    """Whether fd has data (or EOF) to read within timeout seconds."""
+    return bool(select.select([fd], [], [], timeout)[0])
 
+
+def run_forked(function: Callable[..., Any], *args: Any) -> int:
+    """function(*args) in a forked child that never returns into pytest; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            function(*args)
+        finally:
+            os._exit(1)
+    return pid
+
+
+def _read_all(fd: int, timeout: float) -> bytes:
     chunks = []
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"no answer from the child process within {timeout:g}s")
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
+        if not readable(fd, left):
             continue
         chunk = os.read(fd, 65536)
         if not chunk:

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
+from typing import Dict, Iterator, List, NoReturn, Optional, Sequence
 
 import pytest
 
@@ -40,6 +40,7 @@ from tests.guest_support import (
     log_mark,
     nobody,
     reports_since,
+    run_forked,
     spawn_as_user,
 )
 
@@ -127,22 +128,12 @@ def forker(seed: int) -> NoReturn:
             os.waitpid(child, 0)
 
 
-def start_churner(function: Callable[[int], object], seed: int) -> int:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            function(seed)
-        finally:
-            os._exit(1)
-    return pid
-
-
 @pytest.fixture
 def churners() -> Iterator[List[int]]:
     """Pids of a mapper, a forker and an exec loop (a shell running `true` for ever)."""
     true = shutil.which("true") or "/bin/true"
     shell = subprocess.Popen(["sh", "-c", f"while :; do {true}; done"])
-    pids = [start_churner(mapper, 1), start_churner(forker, 2), shell.pid]
+    pids = [run_forked(mapper, 1), run_forked(forker, 2), shell.pid]
     try:
         yield pids
     finally:
