@@ -69,7 +69,7 @@ class TransferProgress:
         self.unit = unit
         self.out = out or sys.stderr
         # without a total, report every 64 MB (or 50,000 objects)
-        self.step = self.total / 10 if self.total else (64e6 if unit == "B" else 50000)
+        self.step = 64e6 if unit == "B" else 50000
         self.reported = self._mark()
         self.bar: Optional[tqdm] = None
         if self.out.isatty():
@@ -84,8 +84,9 @@ class TransferProgress:
             )
 
     def _mark(self) -> int:
-        mark = int(self.done // self.step)
-        return min(mark, 10) if self.total else mark
+        if self.total:  # in integers: 36 // 3.6 is 9.0 in floating point, so 100% was lost
+            return min(self.done * 10 // self.total, 10)
+        return int(self.done // self.step)
 
     def _amount(self, count: float) -> str:
         return f"{count / 1e6:.1f} MB" if self.unit == "B" else f"{int(count)} {self.unit}"

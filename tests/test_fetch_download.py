@@ -183,3 +183,13 @@ def test_sha256sums_are_read_from_a_clearsigned_file():
         "linux-9.9.tar.xz": sha256(b"a"),
         "linux-9.9.tar.gz": sha256(b"b"),
     }
+
+
+def test_progress_reaches_100_percent_whatever_the_total():
+    """A total of 36 made the last tenth 36 // 3.6 == 9.0 in floating point: no 100% line."""
+    for total in (36, 7, 1000, 49):
+        out = io.StringIO()
+        progress = TransferProgress("x", total, unit="objects", out=out)
+        for _ in range(total):
+            progress.update(1)
+        assert out.getvalue().splitlines()[-1].startswith("x: 100% "), (total, out.getvalue())
