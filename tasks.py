@@ -18,14 +18,17 @@ from memuse_kit.workspace import resolve_tree
     help={
         "source": "ubuntu-hwe-5.11 (default), debian:X.Y, kernel.org:X.Y[.Z]",
         "tree": "use a kernel tree you already have instead of downloading one",
+        "dry-run": "say what would be fetched, download and write nothing",
     }
 )
 @one_line_errors
-def fetch(c: Context, source: Optional[str] = None, tree: Optional[str] = None) -> None:
+def fetch(
+    c: Context, source: Optional[str] = None, tree: Optional[str] = None, dry_run: bool = False
+) -> None:
     """Download and unpack a kernel source into the cache (instant when cached)."""
     from memuse_kit.fetch import fetch_command
 
-    fetch_command(source=source, tree=Path(tree) if tree else None)
+    fetch_command(source=source, tree=tree, dry_run=dry_run)
 
 
 @task(
@@ -47,13 +50,13 @@ def patch(
     dry_run: bool = False,
 ) -> None:
     """Add the memuse syscall to a tree (number chosen from its tables) and write the patch."""
-    root = resolve_tree(tree, source)
+    if revert and out is not None:
+        raise KitError("--out and --revert do not go together")
+    root = resolve_tree(tree, source, dry_run=dry_run)
     if revert:
-        if out:
-            raise KitError("--out and --revert do not go together")
         patch_step.revert_tree(root, dry_run=dry_run)
     else:
-        patch_step.patch_tree(root, Path(out) if out else None, dry_run=dry_run)
+        patch_step.patch_tree(root, out, dry_run=dry_run)
 
 
 @task(
@@ -79,6 +82,8 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
         "config": "running (/boot/config-$(uname -r)), vm, vm-nodebug or a file; default: "
         "running when that exists, else vm",
         "fragment": "extra config fragment merged last (repeatable)",
+        "localmodconfig": "trim the config to the modules loaded now (make localmodconfig)",
+        "lsmod": "trim to the modules of this lsmod output instead (implies --localmodconfig)",
         "debug-info": "keep debug info (off by default: smaller, faster)",
         "reconfigure": "replace a .config you edited (it is saved as .config.edited)",
         "keep-config": "build the existing .config as it is",
@@ -93,26 +98,34 @@ def build(
     source: Optional[str] = None,
     config: Optional[str] = None,
     fragment: Optional[List[str]] = None,
+    localmodconfig: bool = False,
+    lsmod: Optional[str] = None,
     debug_info: bool = False,
     reconfigure: bool = False,
     keep_config: bool = False,
-    jobs: int = 0,
+    jobs: Optional[str] = None,
     dry_run: bool = False,
 ) -> None:
     """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
     from memuse_kit.kconfig import default_config
+    from memuse_kit.options import parse_jobs
     from memuse_kit.pipeline import build_chain
+    from memuse_kit.workspace import check_not_empty
 
+    check_not_empty(config, "--config")
+    parallel = parse_jobs(jobs)
     build_chain(
         tree,
         source,
-        config or default_config(),
+        default_config() if config is None else config,
         fragment or [],
+        localmodconfig=localmodconfig,
+        lsmod=lsmod,
         debug_info=debug_info,
         reconfigure=reconfigure,
         keep_config=keep_config,
         dry_run=dry_run,
-        **({"jobs": jobs} if jobs else {}),
+        **({"jobs": parallel} if parallel else {}),
     )
 
 
@@ -120,6 +133,7 @@ def build(
     help={
         "tree": "kernel tree whose packages to install (default: the last fetched source)",
         "config": "which build of the tree (default: the latest successful one)",
+        "build-dir": "a build directory copied from another machine (metadata.json, artifacts/)",
         "default": "boot the new kernel from now on, not just on the next reboot",
         "dry-run": "print the exact commands, change nothing",
     }
@@ -129,13 +143,14 @@ def install(
     c: Context,
     tree: Optional[str] = None,
     config: Optional[str] = None,
+    build_dir: Optional[str] = None,
     default: bool = False,
     dry_run: bool = False,
 ) -> None:
     """Install the built image and headers packages and boot them once (grub-reboot)."""
     from memuse_kit.vm_step import install_command
 
-    install_command(tree, config, default, dry_run)
+    install_command(tree, config, default, dry_run, build_dir)
 
 
 @task(
@@ -179,7 +194,7 @@ def vm(
     config: Optional[str] = None,
     memory: str = "3G",
     accel: str = "auto",
-    timeout: float = 900.0,
+    timeout: str = "900",
     dry_run: bool = False,
 ) -> None:
     """Boot the built kernel in QEMU, run a command as root (after --), exit with its status.
@@ -191,6 +206,20 @@ def vm(
     status = vm_command(tree, source, config, c.remainder, memory, accel, timeout, dry_run)
     if status:
         raise Exit(code=status)
+
+
+@task(
+    help={
+        "create": "build the image when the cache has none for the current recipe",
+        "rebuild": "build it again even when it is cached",
+    }
+)
+@one_line_errors
+def machine(c: Context, create: bool = False, rebuild: bool = False) -> None:
+    """The Debian 12 test machine's disk image (mmdebstrap, GRUB, QEMU): show it or create it."""
+    from memuse_kit.machine import machine_command
+
+    machine_command(create=create, rebuild=rebuild)
 
 
 @task(

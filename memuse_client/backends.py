@@ -48,10 +48,12 @@ class SmapsBackend(Backend):
         return smaps_measure(pid, kinds)
 
 
-def make_backend(name: str, nr: Optional[int] = None) -> Backend:
-    """The backend called `name`; for the syscall this finds its number (MemuseUnavailable)."""
+def make_backend(name: str, nr: Optional[int] = None, force: bool = False) -> Backend:
+    """The backend called `name`; for the syscall this finds its number (MemuseUnavailable).
+
+    An explicit nr must be confirmed to be memuse unless force (see discovery.FORCE_RISK)."""
     if name == "smaps":
         return SmapsBackend()
     if name == "syscall":
-        return SyscallBackend(syscall_number(nr))
+        return SyscallBackend(syscall_number(nr, force))
     raise ValueError(f"unknown backend {name!r} (expected one of {', '.join(BACKENDS)})")

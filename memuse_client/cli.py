@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from .backends import BACKENDS, Backend, Measures, SmapsBackend, make_backend
-from .discovery import ENV_NR, parse_override
+from .discovery import ENV_FORCE, ENV_NR, FORCE_RISK, parse_override
 from .errors import MemuseUnavailable, ScenarioError
 from .experiment import experiment_json, experiment_table, run_experiment
 from .kinds import ALL_KINDS, KIND_KEYS, Kind, parse_kind
@@ -39,6 +39,10 @@ backends:
 `memuse experiment` runs the lab report's experiment (see memuse experiment --help)."""
 
 
+PID_MAX = (1 << 31) - 1  # pid_t: a larger number would wrap to another process
+MAX_WATCH = 86400.0  # seconds between measurements, at most
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -63,9 +67,28 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not 0 < value <= MAX_WATCH:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
+
+
+def _add_force(parser: OneLineParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"call --nr/${ENV_NR} even when it cannot be confirmed to be memuse "
+        f"(also ${ENV_FORCE}=1): {FORCE_RISK}",
+    )
+
+
+def _warn_if_unconfirmed(backend: Backend) -> None:
+    number = getattr(backend, "number", None)
+    if number is not None and not number.verified:
+        print(
+            f"memuse: warning: system call {number.nr} ({number.source}) is not confirmed "
+            "to be memuse; called anyway because of --force",
+            file=sys.stderr,
+        )
 
 
 def measure_parser() -> OneLineParser:
@@ -102,6 +125,7 @@ def measure_parser() -> OneLineParser:
         "--count", type=int, metavar="N", help="with --watch: stop after N measurements"
     )
     parser.add_argument("--nr", type=_nr, help=f"syscall number to use (else ${ENV_NR}, ...)")
+    _add_force(parser)
     return parser
 
 
@@ -117,6 +141,7 @@ def experiment_parser() -> OneLineParser:
         "--backend", choices=BACKENDS, default="syscall", help="smaps works on any kernel"
     )
     parser.add_argument("--nr", type=_nr, help=f"syscall number to use (else ${ENV_NR}, ...)")
+    _add_force(parser)
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when the syscall and smaps disagree"
     )
@@ -128,7 +153,7 @@ def _pids(parser: OneLineParser, texts: List[str]) -> List[int]:
         parser.error("give at least one PID (or run `memuse experiment`)")
     pids = []
     for text in texts:
-        if not text.isdigit():
+        if not text.isdigit() or not 0 < int(text) <= PID_MAX:
             parser.error(f"not a process id: {text!r}")
         pids.append(int(text))
     return pids
@@ -193,9 +218,10 @@ def run_measure(argv: Sequence[str]) -> int:
         parser.error("--count needs --watch and a positive number")
     kinds = list(dict.fromkeys(args.kind)) if args.kind else list(ALL_KINDS)
     if args.compare:
-        backends = [make_backend("syscall", args.nr), SmapsBackend()]
+        backends = [make_backend("syscall", args.nr, args.force), SmapsBackend()]
     else:
-        backends = [make_backend(args.backend or "syscall", args.nr)]
+        backends = [make_backend(args.backend or "syscall", args.nr, args.force)]
+    _warn_if_unconfirmed(backends[0])
     if args.watch is None:
         _show(pids, kinds, backends, args.json, compact=False)
         return 0
@@ -213,7 +239,8 @@ def run_measure(argv: Sequence[str]) -> int:
 
 def run_experiment_command(argv: Sequence[str]) -> int:
     args = experiment_parser().parse_args(argv)
-    backend = make_backend(args.backend, args.nr)
+    backend = make_backend(args.backend, args.nr, args.force)
+    _warn_if_unconfirmed(backend)
     rows = run_experiment(backend)
     if args.json:
         print(json.dumps(experiment_json(rows, backend), indent=2))

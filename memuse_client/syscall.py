@@ -8,9 +8,19 @@ import functools
 import os
 from typing import Callable, Optional, Union
 
-from .discovery import ENV_NR, HOW_TO_GET_ONE, SyscallNumber, cache_root, discover, kernel_release
+from .discovery import (
+    ENV_FORCE,
+    ENV_NR,
+    HOW_TO_GET_ONE,
+    SyscallNumber,
+    cache_root,
+    discover,
+    kernel_release,
+)
 from .errors import MemuseUnavailable
 from .kinds import Kind, parse_kind
+
+PID_MAX = (1 << 31) - 1  # pid_t: a larger number would reach the kernel as another pid
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,15 +67,21 @@ def _error(code: int, nr: int, pid: int, mem_type: int, source: str) -> Exceptio
 
 @functools.lru_cache(maxsize=8)
 def _discover_cached(
-    override: Optional[int], env_nr: str, root: str, release: str
+    override: Optional[int], force: bool, env_nr: str, env_force: str, root: str, release: str
 ) -> SyscallNumber:
-    return discover(override=override, release=release)
+    return discover(override=override, release=release, force=force)
 
 
-def syscall_number(override: Optional[int] = None) -> SyscallNumber:
-    """discover(), remembered while $MEMUSE_NR, the cache root and the kernel stay the same."""
+def syscall_number(override: Optional[int] = None, force: bool = False) -> SyscallNumber:
+    """discover(), remembered while $MEMUSE_NR, $MEMUSE_FORCE, the cache root and the kernel
+    stay the same. force calls an unconfirmed override anyway (see discovery.FORCE_RISK)."""
     return _discover_cached(
-        override, os.environ.get(ENV_NR, ""), str(cache_root()), kernel_release()
+        override,
+        force,
+        os.environ.get(ENV_NR, ""),
+        os.environ.get(ENV_FORCE, ""),
+        str(cache_root()),
+        kernel_release(),
     )
 
 
@@ -73,12 +89,18 @@ def clear_cache() -> None:
     _discover_cached.cache_clear()
 
 
-def memuse(pid: int, kind: Union[Kind, int, str], nr: Optional[int] = None) -> int:
+def memuse(
+    pid: int, kind: Union[Kind, int, str], nr: Optional[int] = None, force: bool = False
+) -> int:
     """Resident bytes of one kind of memory of process `pid`, as the memuse syscall counts them.
 
-    `kind` is a Kind, its number or its name. `nr` overrides the syscall number discovery.
-    Raises ValueError (bad kind), ProcessLookupError, PermissionError, MemuseUnavailable.
+    `kind` is a Kind, its number or its name. `nr` overrides the syscall number discovery; it
+    is called only when confirmed to be memuse, unless `force` (then system call `nr` runs,
+    whatever it is). Raises ValueError (bad kind), ProcessLookupError,
+    PermissionError, MemuseUnavailable.
     """
     checked = parse_kind(kind)
-    number = syscall_number(nr)
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid <= PID_MAX:
+        raise ValueError(f"not a process id: {pid!r}")
+    number = syscall_number(nr, force)
     return raw_memuse(number.nr, pid, int(checked), number.source)

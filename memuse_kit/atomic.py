@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Mapping
 
+from .safety import TMP_PREFIX, is_regular_file
+
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace path with data in one rename, keeping the old file's permission bits."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace path with data in one rename, keeping the old file's permission bits.
+
+    The temporary file is named TMP_PREFIX + name, so a killed run's leftover is recognised.
+    """
+    mode = os.lstat(path).st_mode & 0o7777 if is_regular_file(path) else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -26,7 +32,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write only when the content differs, so make keeps its dependency timestamps."""
-    if path.exists() and path.read_bytes() == data:
+    if _same(path, data):
         return False
     write_atomic(path, data)
     return True
@@ -56,4 +62,12 @@ def write_all_or_nothing(contents: Mapping[Path, bytes]) -> list[Path]:
 
 
 def _same(path: Path, data: bytes) -> bool:
-    return path.exists() and path.read_bytes() == data
+    """Whether path is a regular file holding data; reads at most len(data) + 1 bytes."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+        return False
+    with path.open("rb") as handle:
+        return handle.read(len(data) + 1) == data

@@ -3,27 +3,57 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
 from invoke.exceptions import Exit
 
 from .errors import KitError
+from .safety import describe_os_error, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_ENV = "MEMUSE_KIT_DEBUG"
+
+
+def debugging() -> bool:
+    """--debug (invoke's own flag) or MEMUSE_KIT_DEBUG=1: genuine bugs show their traceback."""
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return True
+    return logging.getLogger("invoke").isEnabledFor(logging.DEBUG)
 
 
 def one_line_errors(func: F) -> F:
-    """Turn KitError and Ctrl-C into a single stderr line and a non-zero exit, never a traceback."""
+    """Turn every error into a single stderr line and a non-zero exit, never a traceback.
+
+    KitError says what to do; an OSError (permissions, disk space, a missing file) is
+    mapped to advice; anything else is a bug, shown in full only when debugging.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Exit:
+            raise
         except KitError as error:
-            raise Exit(f"memuse-kit: error: {error}", code=1) from None
+            raise Exit(f"memuse-kit: error: {one_line(str(error))}", code=1) from None
         except KeyboardInterrupt:
             raise Exit("memuse-kit: interrupted", code=130) from None
+        except OSError as error:
+            if debugging():
+                raise
+            raise Exit(f"memuse-kit: error: {one_line(describe_os_error(error))}", code=1) from None
+        except Exception as error:
+            if debugging():
+                raise
+            what = one_line(str(error)) or "no message"
+            raise Exit(
+                f"memuse-kit: internal error ({type(error).__name__}: {what}); run again with "
+                f"{DEBUG_ENV}=1 or invoke --debug for the traceback, and report it",
+                code=1,
+            ) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -107,6 +107,11 @@ class Apt:
         text = "".join(f"{prefix}{line}\n" for line in self.lines)
         atomic.write_if_changed(self.state / "sources.list", text.encode())
 
+    def has_index(self) -> bool:
+        """Whether an earlier update left a private index that locate() can use offline."""
+        lists = self.state / "lists"
+        return self.private and lists.is_dir() and any(lists.glob("*_Packages*"))
+
     def update(self) -> None:
         """Refresh the private index (the system's is left to the system)."""
         if not self.private:

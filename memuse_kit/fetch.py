@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, TextIO, Tuple
+from typing import Any, Dict, Iterator, Optional, TextIO, Tuple, Union
 
 from . import atomic, sources
 from .cache import cache_root, downloads_dir, trees_dir
@@ -93,15 +93,52 @@ def fetch_source(
     return result
 
 
-def fetch_command(source: Optional[str], tree: Optional[Path], **options: Any) -> None:
+def planned_source(spec: Optional[str]) -> Tuple[str, Optional[FetchResult]]:
+    """(spec name, its cached tree or None): what a fetch would do, with no download and no
+    write. The spec is validated as a real fetch would."""
+    coords = sources.load_coordinates()
+    wanted = sources.parse_spec(spec or coords.default, coords)
+    if wanted.kind == "git":
+        version: Optional[str] = coords.git[wanted.arg].version
+    else:
+        version = wanted.arg if wanted.kind == "kernel.org" else None
+    return wanted.name, find_cached(wanted.name, version)
+
+
+def fetch_command(
+    source: Optional[str],
+    tree: Optional[Union[str, Path]],
+    dry_run: bool = False,
+    **options: Any,
+) -> None:
     """The fetch task: --tree DIR records a tree you have, otherwise fetch --source."""
-    if source and tree:
+    from .workspace import check_not_empty
+
+    check_not_empty(None if tree is None else str(tree), "--tree")
+    check_not_empty(source, "--source")
+    if source and tree is not None:
         raise KitError("give --source or --tree, not both")
+    if dry_run:
+        _fetch_dry_run(source, None if tree is None else Path(tree))
+        return
     if tree is not None:
-        result = use_tree(tree)
+        result = use_tree(Path(tree))
     else:
         result = fetch_source(source, explicit=source is not None, **options)
     say(f"Linux {result.kernel} ({result.spec} {result.version}): {result.tree}")
+
+
+def _fetch_dry_run(source: Optional[str], tree: Optional[Path]) -> None:
+    if tree is not None:
+        root = tree.expanduser().resolve()
+        kernel = read_tree_version(root)
+        say(f"would record {root} (Linux {kernel}) as the current tree")
+        return
+    name, cached = planned_source(source)
+    if cached is not None:
+        say(f"{name}: already fetched ({cached.version}): {cached.tree}")
+    else:
+        say(f"would fetch {name} into {trees_dir()} (a dry run downloads nothing)")
 
 
 def use_tree(tree: Path) -> FetchResult:
@@ -185,7 +222,7 @@ class Fetcher:
         ko = self.coords.kernel_org
         directory = ko.directory_url(spec.arg)
         name = ko.tarball_name(spec.arg)
-        sha256 = ko.sha256.get(name) or self._published_sha256(directory, name)
+        sha256 = ko.sha256.get(name) or self._sha256_online_or_verified(directory, name)
         url = f"{directory}/{name}"
         tarball = self._download(url, name, sha256)
         slug = _safe(f"linux-{spec.arg}")
@@ -193,6 +230,17 @@ class Fetcher:
             tree = self._unpack(tarball, staging / "src")
             result = FetchResult(tree, spec.name, spec.arg, origin=url, sha256=sha256)
             return _install(tree, slug, result)
+
+    def _sha256_online_or_verified(self, directory: str, name: str) -> str:
+        """The published sha256; offline, the one a cached download was verified against."""
+        try:
+            return self._published_sha256(directory, name)
+        except Unreachable as error:
+            known = _verified_sha256(downloads_dir() / name)
+            if known is None:
+                raise
+            warn(f"{error.url} is unreachable ({error.reason}); using the verified {name}")
+            return known
 
     def _published_sha256(self, directory: str, name: str) -> str:
         sums_url = f"{directory}/{self.coords.kernel_org.sums}"
@@ -213,7 +261,13 @@ class Fetcher:
             retries=deb.retries,
         )
         say(f"{spec.name}: looking up {plan.package} ({'; '.join(plan.lines or ['system apt'])})")
-        apt.update()
+        try:
+            apt.update()
+        except Unreachable as error:
+            if not apt.has_index():
+                raise
+            # offline: the index of the last update still says which download is verified
+            warn(f"{error.url} is unreachable ({error.reason}); using the apt index kept before")
         package = apt.locate(plan.package)
         say(f"{spec.name}: {plan.package} {package.version}")
         path = self._download(package.url, package.filename, package.sha256, package.size)
@@ -229,6 +283,7 @@ class Fetcher:
     def _download(self, url: str, name: str, sha256: str, size: Optional[int] = None) -> Path:
         path = downloads_dir() / name
         fresh = fetch_file(url, path, sha256, size=size, out=self.out)
+        _remember_verified(path, sha256)
         say(f"{'downloaded' if fresh else 'reusing the verified'} {path} (sha256 {sha256[:12]}…)")
         return path
 
@@ -287,6 +342,20 @@ def _install(tree: Path, slug: str, result: FetchResult) -> FetchResult:
     data = {**result.record(), "fetched": _now()}
     atomic.write_atomic(record, (json.dumps(data, indent=2) + "\n").encode())
     return result
+
+
+def _verified_sha256(download: Path) -> Optional[str]:
+    """The sha256 a cached download was verified against, if it is still there."""
+    record = download.with_name(download.name + ".sha256")
+    if not download.is_file() or not record.is_file():
+        return None
+    words = record.read_text(errors="replace").split()
+    return words[0] if words and re.fullmatch(r"[0-9a-f]{64}", words[0]) else None
+
+
+def _remember_verified(download: Path, sha256: str) -> None:
+    record = download.with_name(download.name + ".sha256")
+    atomic.write_if_changed(record, f"{sha256}  {download.name}\n".encode())
 
 
 def _top_dir(root: Path, what: str) -> Path:

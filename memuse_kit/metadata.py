@@ -17,8 +17,11 @@ def now() -> str:
 
 
 class BuildRecord:
-    def __init__(self, bd: BuildDir) -> None:
+    """With dry_run nothing is ever written: a dry run leaves no metadata behind."""
+
+    def __init__(self, bd: BuildDir, dry_run: bool = False) -> None:
         self.bd = bd
+        self.dry_run = dry_run
         self.data: Dict[str, Any] = {
             "memuse_kit": __version__,
             "status": "running",
@@ -30,6 +33,8 @@ class BuildRecord:
         self.data.update(fields)
 
     def write(self) -> None:
+        if self.dry_run:
+            return
         self.bd.root.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
         atomic.write_atomic(self.bd.metadata, text.encode())

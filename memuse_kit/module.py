@@ -17,7 +17,7 @@ from .templates import TEMPLATES_DIR
 
 def module_source(name: str) -> Path:
     source = TEMPLATES_DIR / name
-    if not (source / "Kbuild").is_file():
+    if "/" in name or name.startswith(".") or not (source / "Kbuild").is_file():
         known = sorted(p.parent.name for p in TEMPLATES_DIR.glob("*/Kbuild"))
         raise KitError(f"no module {name!r} under {TEMPLATES_DIR} (known: {', '.join(known)})")
     return source

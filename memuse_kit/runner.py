@@ -99,7 +99,12 @@ class Runner:
             raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
         assert process.stdout is not None
         expired = threading.Event()
-        timer = threading.Timer(timeout or 0, lambda: (expired.set(), process.kill()))
+
+        def stop() -> None:
+            expired.set()
+            process.kill()
+
+        timer = threading.Timer(timeout or 0, stop)
         if timeout:
             timer.start()
         try:

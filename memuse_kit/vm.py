@@ -90,10 +90,11 @@ def vng_env(vng: str) -> Dict[str, str]:
     return {"PATH": f"{Path(vng).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def kvm_works(probe_timeout: float = 60.0) -> bool:
+def kvm_works(probe_timeout: float = 60.0, probe: bool = True) -> bool:
     """KVM can exist and still hang guests (it does on some hosts): boot once to find out.
 
-    The answer is cached per host boot.
+    The answer is cached per host boot. Without probe (a dry run) only the cached answer
+    counts, and nothing is booted or written.
     """
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
@@ -103,8 +104,10 @@ def kvm_works(probe_timeout: float = 60.0) -> bool:
         cached = json.loads(cache.read_text())
         if cached.get("boot_id") == boot_id:
             return bool(cached["works"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
+    if not probe:
+        return False
     works = _probe_kvm(probe_timeout)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"boot_id": boot_id, "works": works}))
@@ -173,7 +176,9 @@ def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
         raise KitError(f"no built kernel at {image}: run invoke build --config vm first")
     if not vng_path() and not options.dry_run:
         raise KitError("vng (virtme-ng) is not installed: pip install virtme-ng")
-    use_kvm = options.accel == "kvm" or (options.accel == "auto" and kvm_works())
+    use_kvm = options.accel == "kvm" or (
+        options.accel == "auto" and kvm_works(probe=not options.dry_run)
+    )
     nonce = secrets.token_hex(4)
     extra = {} if options.dry_run else prebuilt_scenarios()
     cmd = vng_command(options, guest_script(options.command, nonce, options.cwd, extra), use_kvm)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from . import install as installer
 from .builddir import BuildDir
 from .errors import KitError
-from .module import build_module
+from .module import build_module, module_source
+from .options import parse_memory, parse_timeout
 from .runner import Runner
 from .vm import DEFAULT_COMMAND, VmOptions, run_vm
-from .workspace import resolve_tree
+from .workspace import check_not_empty, resolve_tree
 
 
 def find_build(tree: Path, config: Optional[str]) -> BuildDir:
@@ -42,41 +43,58 @@ def vm_command(
     remainder: str,
     memory: str,
     accel: str,
-    timeout: float,
+    timeout: Union[str, float],
     dry_run: bool,
 ) -> int:
     if accel not in ("auto", "kvm", "tcg"):
         raise KitError(f"--accel {accel}: use auto, kvm or tcg")
-    root = resolve_tree(tree, source)
+    seconds = parse_timeout(timeout)
+    size = parse_memory(memory)
+    check_not_empty(config, "--config")
+    root = resolve_tree(tree, source, dry_run=dry_run)
     command = guest_command(remainder, sys.argv)
     options = VmOptions(
         build=find_build(root, config),
         command=command,
-        memory=memory,
+        memory=size,
         accel=accel,
-        timeout=timeout,
+        timeout=seconds,
         dry_run=dry_run,
     )
     return run_vm(options).status
 
 
 def module_command(name: str, tree: Optional[str], config: Optional[str], dry_run: bool) -> None:
-    root = resolve_tree(tree, None)
+    check_not_empty(name, "--name")
+    module_source(name)
+    check_not_empty(config, "--config")
+    root = resolve_tree(tree, None, dry_run=dry_run)
     build_module(name, root, find_build(root, config), dry_run=dry_run)
 
 
 def install_command(
-    tree: Optional[str], config: Optional[str], default: bool, dry_run: bool
+    tree: Optional[str],
+    config: Optional[str],
+    default: bool,
+    dry_run: bool,
+    build_dir: Optional[str] = None,
 ) -> None:
-    root = resolve_tree(tree, None)
-    installer.install(find_build(root, config), root, installer.Host(), Runner(dry_run), default)
+    host, runner = installer.Host(), Runner(dry_run)
+    if build_dir:
+        if tree or config:
+            raise KitError("--build-dir names the packages itself: leave out --tree and --config")
+        handed_in = BuildDir(Path(build_dir).expanduser().resolve())
+        installer.install(handed_in, None, host, runner, default)
+        return
+    root = resolve_tree(tree, None, dry_run=dry_run)
+    installer.install(find_build(root, config), root, host, runner, default)
 
 
 def uninstall_command(
     tree: Optional[str], config: Optional[str], release: Optional[str], dry_run: bool
 ) -> None:
     if not release:
-        root = resolve_tree(tree, None)
+        root = resolve_tree(tree, None, dry_run=dry_run)
         release = installer.release_of(find_build(root, config))
     if not release:
         raise KitError("no built kernel to name: pass --release")

@@ -8,9 +8,29 @@ from typing import Optional
 from .errors import KitError
 
 
-def resolve_tree(tree: Optional[str], source: Optional[str]) -> Path:
+class NotFetched(KitError):
+    """A dry run needs a tree that only a fetch (which a dry run never does) would give."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(
+            f"{spec} is not fetched yet and a dry run downloads nothing: "
+            f"run invoke fetch --source {spec} first"
+        )
+        self.spec = spec
+
+
+def check_not_empty(value: Optional[str], option: str) -> None:
+    if value is not None and not value.strip():
+        raise KitError(f"{option} is empty: give a value, or leave {option} out")
+
+
+def resolve_tree(tree: Optional[str], source: Optional[str], dry_run: bool = False) -> Path:
+    """The kernel tree to work on. With dry_run nothing is fetched or written: a tree that
+    is not in the cache yet raises NotFetched (its .spec names what a real run would fetch)."""
     from . import fetch
 
+    check_not_empty(tree, "--tree")
+    check_not_empty(source, "--source")
     if tree and source:
         raise KitError("give --tree or --source, not both")
     if tree:
@@ -18,9 +38,24 @@ def resolve_tree(tree: Optional[str], source: Optional[str]) -> Path:
         if not (root / "Makefile").is_file():
             raise KitError(f"{root} is not a kernel tree (no top-level Makefile)")
         return root
+    if dry_run:
+        return _cached_tree(source)
     if source:
         return fetch.fetch_source(source, explicit=True).tree
     remembered = fetch.last_fetched()
     if remembered is not None:
         return remembered
     return fetch.fetch_source(None, explicit=False).tree
+
+
+def _cached_tree(source: Optional[str]) -> Path:
+    from . import fetch
+
+    if not source:
+        remembered = fetch.last_fetched()
+        if remembered is not None:
+            return remembered
+    name, cached = fetch.planned_source(source)
+    if cached is None:
+        raise NotFetched(name)
+    return cached.tree

@@ -54,11 +54,17 @@ def test_cache_root_follows_the_kits_rule(tmp_path):
     assert discovery.cache_root({}) == Path.home() / ".cache" / "memuse-kit"
 
 
-def test_the_override_wins_and_is_not_checked(env, tmp_path):
+def test_an_override_is_used_only_when_confirmed_or_forced(env, tmp_path):
+    # issue 9: an explicit number is checked like a discovered one (it used to win unchecked)
     env["MEMUSE_NR"] = "999"
     write_build(Path(env["MEMUSE_KIT_CACHE"]), "a", kernel_release=RELEASE, syscall_nr=472)
-    assert find(env, tmp_path, override=12) == SyscallNumber(12, "--nr", verified=False)
-    # the environment comes next, even on a kernel that has no memuse
+    with pytest.raises(MemuseUnavailable, match=r"refusing to call system call 12 \(from --nr\)"):
+        find(env, tmp_path, override=12)
+    assert find(env, tmp_path, override=12, force=True) == SyscallNumber(12, "--nr", False)
+    assert find(env, tmp_path, override=472) == SyscallNumber(472, "--nr", verified=True)
+    with pytest.raises(MemuseUnavailable, match=r"system call 999 \(from MEMUSE_NR\)"):
+        find(env, tmp_path, symbols=WITHOUT_MEMUSE)
+    env["MEMUSE_FORCE"] = "1"
     assert find(env, tmp_path, symbols=WITHOUT_MEMUSE) == SyscallNumber(
         999, "MEMUSE_NR", verified=False
     )
