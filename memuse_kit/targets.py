@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Tuple
 from . import syscall_tables as tables
 from .errors import KitError
 from .kernel_version import KernelVersion
+from .probes import TreeFacts
 from .templates import TAB, render
 
 
@@ -27,9 +28,12 @@ class Splice:
 class RenderContext:
     nr: int
     kernel: KernelVersion
+    facts: TreeFacts
 
     def render(self, template: str, **extra: object) -> str:
-        return render(f"kernel/{template}", nr=self.nr, kernel=self.kernel, **extra)
+        return render(
+            f"kernel/{template}", nr=self.nr, kernel=self.kernel, facts=self.facts, **extra
+        )
 
 
 Locator = Callable[[str, RenderContext], List[Splice]]
@@ -115,11 +119,15 @@ _LINUX_INCLUDE = re.compile(r"^#include <linux/[^>]+>\n", re.MULTILINE)
 NEEDED_HEADERS = ("linux/hugetlb.h", "linux/pagewalk.h")
 
 
+def needed_headers(facts: TreeFacts) -> Tuple[str, ...]:
+    return (*NEEDED_HEADERS, facts.swap_header)
+
+
 def sys_c(text: str, ctx: RenderContext) -> List[Splice]:
     includes = list(_LINUX_INCLUDE.finditer(text))
     if not includes:
         raise KitError("no '#include <linux/...>' lines to add the headers after")
-    missing = [h for h in NEEDED_HEADERS if f"#include <{h}>" not in text]
+    missing = [h for h in needed_headers(ctx.facts) if f"#include <{h}>" not in text]
     splices = [Splice(len(text), len(text), ctx.render("memuse.c.j2"))]
     if missing:
         offset = includes[-1].end()

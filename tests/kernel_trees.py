@@ -17,6 +17,8 @@ from memuse_kit.patcher import TreeState
 
 MATRIX_SOURCES = ("debian:5.10", "debian:6.1", "debian:6.12", "debian:7.2")
 UPSTREAM_511_ENV = "MEMUSE_KIT_TREE_5_11"
+# a 6.6.y source import unpacked outside the repo (Debian ships no 6.6); never committed
+UPSTREAM_66_ENV = "MEMUSE_KIT_TREE_6_6"
 
 
 def cached_tree(spec: str) -> Path:

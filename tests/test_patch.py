@@ -43,9 +43,11 @@ def test_every_file_gets_its_edit(tree):
         "asmlinkage long sys_memuse(pid_t pid, int mem_type);\n\n/*\n * Architecture" in syscalls_h
     )
     sys_c = (tree / SYS_C).read_text()
-    includes = "#include <linux/hugetlb.h>\n#include <linux/pagewalk.h>\n"
+    includes = (
+        "#include <linux/hugetlb.h>\n#include <linux/pagewalk.h>\n#include <linux/leafops.h>\n"
+    )
     assert "#include <linux/uaccess.h>\n" + includes in sys_c
-    assert sys_c.rstrip().endswith("}")
+    assert sys_c.rstrip().endswith("#endif /* CONFIG_MMU */")
     assert "SYSCALL_DEFINE2(memuse, pid_t, pid, int, mem_type)" in sys_c
 
 
@@ -208,13 +210,23 @@ def test_patch_file_names_its_origin(tree):
     assert "Signed-off-by: " in text
 
 
-def test_version_branches_follow_the_kernel(tmp_path):
-    old = patch(make_fake_tree(tmp_path / "old", version="5.10.0", last=440, generic=False))
-    new = patch(make_fake_tree(tmp_path / "new", version="7.2.0", last=471))
+def test_the_code_follows_the_probes_not_the_version(tmp_path):
+    """Two trees that call themselves 6.6.9 get the code their own sources call for."""
+    old = patch(make_fake_tree(tmp_path / "old", version="6.6.9", last=453, mm="old"))
+    new = patch(make_fake_tree(tmp_path / "new", version="6.6.9", last=453))
     old_c = (old.tree / SYS_C).read_text()
     new_c = (new.tree / SYS_C).read_text()
-    assert "vma = vma->vm_next" in old_c and "for_each_vma(vmi, vma)" in new_c
+    assert "vma->vm_start <= mm->brk && vma->vm_end >= mm->start_brk" in old_c
+    assert "vma_is_initial_heap(vma)" in new_c and "mm->start_brk" not in new_c
+    assert "vma_is_initial_stack(vma)" in new_c and "vma_is_initial_stack" not in old_c
     assert "huge_ptep_get(pte)" in old_c and "huge_ptep_get(walk->mm, addr, pte)" in new_c
-    assert ".test_walk" in old_c and ".test_walk" not in new_c
+    assert "walk_page_range(mm, start" in old_c and "walk_page_range_vma(vma, start" in new_c
     assert "pmd_trans_unstable(pmd)" in old_c and "pmd_trans_unstable" not in new_c
     assert "ACTION_AGAIN" in new_c and "ACTION_AGAIN" not in old_c
+    assert "follow_trans_huge_pmd(vma, addr, pmd, FOLL_DUMP)" in old_c
+    assert "vm_normal_page_pmd(vma, addr, entry)" in new_c
+    assert "is_device_private_entry(pte_to_swp_entry(pte))" in old_c
+    assert "softleaf_has_pfn(softleaf_from_pte(pte))" in new_c
+    assert "linux/swapops.h" in old_c and "linux/leafops.h" in new_c
+    assert "-ESRCH)\n\t\treturn NULL" in new_c and "-ESRCH)\n\t\treturn NULL" not in old_c
+    assert "at_least" not in (templates.TEMPLATES_DIR / "kernel/memuse.c.j2").read_text()
