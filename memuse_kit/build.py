@@ -8,9 +8,9 @@ import sys
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
-from . import artifacts, compiler, kconfig, patcher, preflight
+from . import artifacts, atomic, compiler, kconfig, patcher, preflight, probes
 from .builddir import BuildDir
 from .cache import ccache_dir
 from .cli import say, warn
@@ -19,10 +19,6 @@ from .kernel_version import KernelVersion, read_tree_version
 from .metadata import BuildRecord, now
 from .progress import BuildProgress
 from .runner import Runner
-
-# Objects per enabled option, to size the first build's progress bar; later builds of the
-# same directory use the count they actually compiled.
-OBJECTS_PER_OPTION = 1.55
 
 
 @dataclass
@@ -37,6 +33,15 @@ class BuildOptions:
     dry_run: bool = False
     use_ccache: bool = True
     source: Optional[dict] = None
+    planned_nr: Optional[int] = None  # a dry run's number for a tree it did not patch
+    localmodconfig: bool = False
+    lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
+
+    @property
+    def label(self) -> str:
+        """Names the build directory: a trimmed configuration is a build of its own."""
+        trimmed = self.localmodconfig or self.lsmod is not None
+        return f"{self.config}-localmodconfig" if trimmed else self.config
 
 
 @dataclass
@@ -73,9 +78,8 @@ def _env(cc: compiler.Compiler, tree: Path) -> dict:
 def _estimate(bd: BuildDir, previous: dict) -> int:
     if previous.get("objects_total"):
         return int(previous["objects_total"])
-    config = bd.obj / ".config"
-    enabled = sum(1 for v in kconfig.parse_options(config.read_text()).values() if v in ("y", "m"))
-    return int(enabled * OBJECTS_PER_OPTION)
+    # the first build of a directory has only the configuration to go by
+    return kconfig.estimated_objects(bd.obj / ".config")
 
 
 def _pkg_version(kernel: KernelVersion) -> str:
@@ -89,17 +93,37 @@ class Builder:
         self.tree = options.tree
         self.runner = Runner(dry_run=options.dry_run)
         self.kernel = read_tree_version(self.tree)
-        self.bd = BuildDir.for_tree(self.tree, options.config)
+        self.bd = BuildDir.for_tree(self.tree, options.label)
         self.previous = self.bd.read_metadata()
-        self.record = BuildRecord(self.bd)
+        self.record = BuildRecord(self.bd, dry_run=options.dry_run)
         self.cc: Optional[compiler.Compiler] = None
 
+    def _precondition(self, check: Callable[[], object]) -> None:
+        """A check that stops a real build; a dry run notes it and goes on with the plan."""
+        try:
+            check()
+        except KitError as error:
+            if not self.options.dry_run:
+                raise
+            say(f"# a real build would stop here: {error}")
+
+    def _compiler(self) -> compiler.Compiler:
+        try:
+            return compiler.pick(self.kernel, self.options.use_ccache)
+        except KitError as error:
+            if not self.options.dry_run:
+                raise
+            say(f"# a real build would stop here: {error}")
+            return compiler.Compiler(compiler.rule_for(self.kernel).candidates[0], "?", None)
+
     def preflight(self) -> None:
-        preflight.check_not_root()
-        preflight.check_packages(self.kernel)
-        preflight.check_disk(self.bd.root, self.options.config)
-        self.cc = compiler.pick(self.kernel, self.options.use_ccache)
+        self._precondition(preflight.check_not_root)
+        self._precondition(lambda: preflight.check_packages(self.kernel))
+        self._precondition(lambda: preflight.check_disk(self.bd.root, self.options.config))
+        self.cc = self._compiler()
         nr = patcher.recorded_number(self.tree)
+        if nr is None and self.options.dry_run:
+            nr = self.options.planned_nr
         if nr is None:
             raise KitError(f"{self.tree} is not patched yet: run invoke patch --tree {self.tree}")
         pahole = preflight.pahole_version()
@@ -115,6 +139,7 @@ class Builder:
         self.record.update(
             kernel_version=str(self.kernel),
             syscall_nr=nr,
+            probes=probes.probe_tree(self.tree).as_dict(),
             tree=str(self.tree),
             source=self.options.source,
             config={
@@ -142,6 +167,7 @@ class Builder:
             self.record.data["config"]["sha256"] = written
             return
         profile = kconfig.profile_for(self.options.config)
+        lsmod = self._module_list()
         request = kconfig.ConfigRequest(
             tree=self.tree,
             obj=self.bd.obj,
@@ -151,12 +177,33 @@ class Builder:
             fragments=kconfig.fragment_paths(profile, self.options.fragments),
             debug_info=self.options.debug_info,
             btf_ok=self.btf_ok,
+            lsmod=lsmod,
         )
         candidate = kconfig.generate(request, self.runner)
         if self.runner.dry_run:
             return
+        kconfig.suggest_trimming(candidate, profile, lsmod)
         digest = kconfig.adopt(self.bd.obj, candidate, written, self.options.reconfigure)
         self.record.data["config"]["sha256"] = digest
+
+    def _module_list(self) -> Optional[Path]:
+        """The lsmod list localmodconfig trims to, kept in the build directory and recorded."""
+        if self.options.lsmod is not None:
+            given = Path(self.options.lsmod).expanduser()
+            if not given.is_file():
+                raise KitError(f"--lsmod {self.options.lsmod}: no such file (save lsmod > FILE)")
+            listing = given.read_bytes()
+        elif self.options.localmodconfig:
+            listing = Path("/proc/modules").read_bytes()
+        else:
+            return None
+        kept = self.bd.root / "lsmod.txt"
+        if not self.runner.dry_run:
+            atomic.write_if_changed(kept, listing)
+        self.record.update(
+            localmodconfig={"modules": len(listing.splitlines()), "lsmod": str(kept)}
+        )
+        return kept
 
     def compile(self) -> int:
         assert self.cc is not None
@@ -177,7 +224,7 @@ class Builder:
         if not self.runner.dry_run and artifacts.packages_up_to_date(self.bd, release):
             say("packages are up to date")
             return artifacts.kept_packages(self.bd)
-        for stale in self.bd.root.glob("*.deb"):
+        for stale in [] if self.runner.dry_run else self.bd.root.glob("*.deb"):
             stale.unlink()
         cmd = [
             *_make(self.bd, self.cc, self.options.jobs),
@@ -189,6 +236,7 @@ class Builder:
         return artifacts.collect(self.bd)
 
     def _stream(self, cmd: List[str], progress: BuildProgress) -> int:
+        assert self.cc is not None
         if self.runner.dry_run:
             return self.runner.stream(cmd, cwd=self.tree, env=_env(self.cc, self.tree))
         with self.bd.log.open("a") as log:
@@ -197,6 +245,10 @@ class Builder:
             )
         progress.close(status == 0)
         return status
+
+    def _announce(self, step: str) -> None:
+        if self.runner.dry_run:
+            say(f"# {step} (dry run: printed, not run)")
 
     def _check(self, status: int, progress: BuildProgress, what: str) -> None:
         if status == 0:
@@ -217,10 +269,13 @@ class Builder:
             if not self.runner.dry_run:
                 self.record.write()
             with self.record.phase("config"):
+                self._announce("configure")
                 self.configure()
             with self.record.phase("kernel"):
+                self._announce("compile")
                 compiled = self.compile()
             with self.record.phase("package"):
+                self._announce("package")
                 packages = self.package()
             self.record.update(
                 status="success",

@@ -24,6 +24,14 @@ from .templates import TEMPLATES_DIR
 
 CANDIDATE = ".config.memuse-new"
 LOCALVERSION = "-memuse"
+# Seconds a memuse kernel waits after a panic before it reboots (initramfs-tools honours the
+# same panic= when it cannot find the root disk): a kernel that cannot come up reboots by
+# itself, GRUB's one-shot entry is used up, and the machine comes back on its old kernel.
+PANIC_REBOOT_SECONDS = 10
+# Objects per enabled option (measured on real builds), and the size past which a build from
+# a distribution's configuration gets the suggestion to trim it
+OBJECTS_PER_OPTION = 1.55
+LARGE_CONFIG_OBJECTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,15 @@ def sanitize_args(kernel: KernelVersion, debug_info: bool, btf_ok: bool) -> List
     return args
 
 
+def cmdline_args(current: Optional[str]) -> List[str]:
+    """scripts/config arguments that put panic=N on the kernel's built-in command line (x86
+    prepends it to the boot loader's), keeping a built-in command line the config has."""
+    words = (current or '""').strip('"').split()
+    if not any(word.startswith("panic=") for word in words):
+        words.append(f"panic={PANIC_REBOOT_SECONDS}")
+    return ["--enable", "CMDLINE_BOOL", "--set-str", "CMDLINE", " ".join(words)]
+
+
 @dataclass
 class ConfigRequest:
     tree: Path
@@ -112,6 +129,26 @@ class ConfigRequest:
     fragments: List[Path]
     debug_info: bool = False
     btf_ok: bool = False
+    # lsmod output (or /proc/modules) to trim the configuration to with make localmodconfig
+    lsmod: Optional[Path] = None
+
+
+def localmodconfig(request: ConfigRequest, candidate: Path, runner: Runner) -> None:
+    """Trim the candidate to the modules in request.lsmod with the kernel's own localmodconfig.
+
+    localmodconfig works on the .config of its O= directory, so it runs in a scratch one
+    beside obj/ and the result is copied back; modules the list names stay modules.
+    """
+    assert request.lsmod is not None
+    scratch = request.obj.parent / "localmodconfig"
+    make = ["make", f"O={scratch}", *request.compiler.make_args()]
+    runner.run([*make, f"KCONFIG_CONFIG={candidate}", "olddefconfig"], cwd=request.tree)
+    if not runner.dry_run:
+        scratch.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(scratch / ".config", candidate.read_bytes())
+    runner.run([*make, f"LSMOD={request.lsmod}", "localmodconfig"], cwd=request.tree)
+    if not runner.dry_run:
+        atomic.write_atomic(candidate, (scratch / ".config").read_bytes())
 
 
 def generate(request: ConfigRequest, runner: Runner) -> Path:
@@ -130,11 +167,15 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
             raise KitError(f"{source} does not exist: pass --config vm or --config FILE")
         if not runner.dry_run:
             atomic.write_atomic(candidate, source.read_bytes())
+    if request.lsmod is not None:
+        localmodconfig(request, candidate, runner)
     if request.fragments:
         merge = [str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj)]
         merge += [str(candidate), *map(str, request.fragments)]
         runner.run(merge, cwd=tree, env={"KCONFIG_CONFIG": str(candidate)})
     edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
+    current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
+    edits += cmdline_args(current)
     runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
     runner.run([*make, "olddefconfig"], cwd=tree)
     if not runner.dry_run:
@@ -149,6 +190,24 @@ def _warn_unmet(candidate: Path, fragments: Sequence[Path]) -> None:
             got = final.get(name, "n")
             if got != wanted and not (wanted == "n" and name not in final):
                 warn(f"{fragment.name}: {name}={wanted} requested, the tree gives {got}")
+
+
+def estimated_objects(config: Path) -> int:
+    """Objects a configuration compiles, roughly: measured builds give 1.55 per enabled option."""
+    options = parse_options(config.read_text()).values()
+    return int(sum(1 for value in options if value in ("y", "m")) * OBJECTS_PER_OPTION)
+
+
+def suggest_trimming(config: Path, profile: Profile, lsmod: Optional[Path]) -> None:
+    """A distribution's configuration builds thousands of modules nobody loads: say so."""
+    if lsmod is not None or profile.base == "defconfig":
+        return
+    objects = estimated_objects(config)
+    if objects > LARGE_CONFIG_OBJECTS:
+        warn(
+            f"this configuration compiles about {objects} objects (hours on a laptop); "
+            "--localmodconfig trims it to the modules loaded now (make localmodconfig)"
+        )
 
 
 def sha256_file(path: Path) -> str:

@@ -4,6 +4,7 @@ sequence is checked against a fake host (grub.cfg, /etc/default/grub, efivars)."
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import List
 
@@ -69,12 +70,23 @@ def host(tmp_path: Path) -> install.Host:
     (root / "etc/default").mkdir(parents=True)
     (root / "etc/default/grub").write_text("GRUB_DEFAULT=0\n")
     (root / "efivars").mkdir()
+    (root / "lib/modules").mkdir(parents=True)
+    # a distribution kernel newer than the memuse one: GRUB's first entry stays that one
+    (root / "boot/vmlinuz-9.1.0-1-generic").write_bytes(b"")
     return install.Host(
         grub_cfg=root / "boot/grub/grub.cfg",
         default_grub=root / "etc/default/grub",
+        default_grub_dir=root / "etc/default/grub.d",
+        grubenv=root / "boot/grub/grubenv",
         secure_boot_vars=root / "efivars",
+        boot_dir=root / "boot",
+        modules_dir=root / "lib/modules",
+        systemd_boot_confs=(root / "boot/efi/loader/loader.conf",),
         running_release="5.11.0-37-generic",
         euid=1000,
+        # the stand-in build's packages are not real .debs; read_package_size has its own test
+        package_size=lambda deb: install.PackageSize(12 * install.MIB, 40 * install.MIB),
+        can_sudo=lambda interactive: True,
     )
 
 
@@ -189,3 +201,199 @@ def test_uninstalling_the_running_kernel_is_refused(host):
     host.running_release = RELEASE
     with pytest.raises(KitError, match="is the running kernel"):
         install.uninstall(RELEASE, host, FakeSystem(host))
+
+
+def test_packages_handed_in_without_a_tree_install(built, host):
+    _, bd = built
+    system = FakeSystem(host)
+    install.install(bd, None, host, system)
+    assert system.commands == [
+        ["sudo", "dpkg", "-i", *debs(bd)],
+        ["sudo", "grub-reboot", ENTRY],
+    ]
+
+
+def test_a_machine_without_grub_is_refused_before_anything_runs(built, host):
+    tree, bd = built
+    host.grub_cfg.unlink()
+    system = FakeSystem(host)
+    with pytest.raises(KitError, match="only handles machines GRUB boots"):
+        install.install(bd, tree, host, system)
+    assert system.commands == []
+
+
+def test_systemd_boot_is_named_and_refused(built, host):
+    tree, bd = built
+    host.grub_cfg.unlink()
+    loader = host.systemd_boot_confs[0]
+    loader.parent.mkdir(parents=True)
+    loader.write_text("timeout 3\n")
+    system = FakeSystem(host)
+    with pytest.raises(KitError, match="systemd-boot"):
+        install.install(bd, tree, host, system)
+    assert system.commands == []
+
+
+@pytest.mark.parametrize("short", ["boot", "modules"])
+def test_too_little_space_is_refused_before_dpkg(built, host, short, monkeypatch):
+    tree, bd = built
+    boot_dev, modules_dev = 1, 2  # separate filesystems, so each need is checked alone
+
+    def free(path: Path):
+        is_boot = path == host.boot_dir
+        small = 10 * install.MIB if (short == "boot") == is_boot else 10 << 30
+        return small, boot_dev if is_boot else modules_dev
+
+    monkeypatch.setattr(host, "free_bytes", free)
+    system = FakeSystem(host)
+    with pytest.raises(KitError, match=r"only 10 MiB free for .*(boot|modules)"):
+        install.install(bd, tree, host, system)
+    assert system.commands == []
+
+
+def test_space_on_one_filesystem_counts_kernel_initramfs_and_modules_together(built, host):
+    tree, bd = built
+    (host.boot_dir / "initrd.img-5.11.0-37-generic").write_bytes(b"x" * 4096)
+    need = 2 * 40 * install.MIB + 4096 + install.SPACE_MARGIN_BYTES  # two packages
+    host.free_bytes = lambda path: (need - 1, 7)  # type: ignore[method-assign]
+    with pytest.raises(KitError, match="only"):
+        install.install(bd, tree, host, FakeSystem(host))
+    host.free_bytes = lambda path: (need, 7)  # type: ignore[method-assign]
+    install.install(bd, tree, host, FakeSystem(host))
+
+
+def test_an_esp_this_user_may_not_read_does_not_hide_the_missing_grub(host):
+    host.grub_cfg.unlink()
+    esp = host.systemd_boot_confs[0].parent.parent
+    esp.mkdir(parents=True)
+    esp.chmod(0o000)  # Debian mounts /boot/efi with umask=0077; root ignores the mode
+    host.systemd_boot_confs = [esp / "loader" / "loader.conf"]
+    try:
+        with pytest.raises(KitError, match="only handles machines GRUB boots"):
+            install.check_bootloader(host)
+    finally:
+        esp.chmod(0o755)
+
+
+def test_no_sudo_is_refused_before_anything_runs(built, host):
+    tree, bd = built
+    host.can_sudo = lambda interactive: False
+    system = FakeSystem(host)
+    with pytest.raises(KitError, match="sudo refused this user"):
+        install.install(bd, tree, host, system)
+    assert system.commands == []
+
+
+def test_package_sizes_are_read_from_a_real_deb(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: linux-image-9.9.9-memuse\nVersion: 1\nArchitecture: all\n"
+        "Maintainer: t <t@example.org>\nInstalled-Size: 300\nDescription: test\n"
+    )
+    (root / "boot").mkdir()
+    (root / "boot/vmlinuz-9.9.9-memuse").write_bytes(b"k" * 5000)
+    (root / "lib/modules/9.9.9-memuse").mkdir(parents=True)
+    (root / "lib/modules/9.9.9-memuse/a.ko").write_bytes(b"m" * 7000)
+    deb = tmp_path / "image.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(deb)], check=True,
+                   capture_output=True)  # fmt: skip
+    assert install.read_package_size(deb) == install.PackageSize(5000, 300 * 1024)
+    with pytest.raises(KitError, match=r"not a readable \.deb"):
+        install.read_package_size(root / "boot/vmlinuz-9.9.9-memuse")
+
+
+def test_uninstall_clears_a_saved_default_that_names_the_kernel(host, monkeypatch):
+    monkeypatch.setattr(install, "_installed", lambda package: True)
+    host.grubenv.write_text(f"# GRUB Environment Block\nsaved_entry={ENTRY}\n")
+    system = FakeSystem(host)
+    install.uninstall(RELEASE, host, system)
+    assert system.commands[-1] == [
+        "sudo",
+        "grub-editenv",
+        str(host.grubenv),
+        "unset",
+        "saved_entry",
+    ]
+
+
+def test_uninstall_fails_when_grub_still_lists_the_kernel(host, monkeypatch):
+    monkeypatch.setattr(install, "_installed", lambda package: True)
+    host.grub_cfg.write_text(GRUB_CFG + NEW_ENTRY)
+    with pytest.raises(KitError, match="still lists"):
+        install.uninstall(RELEASE, host, FakeSystem(host))
+
+
+RUNNING_ENTRY = f"gnulinux-advanced-{UUID}>{OLD_ID}"
+
+
+@pytest.fixture
+def newest(host):
+    """The memuse kernel is the newest: update-grub gives it GRUB's first entry."""
+    (host.boot_dir / "vmlinuz-9.1.0-1-generic").unlink()
+    (host.boot_dir / "vmlinuz-5.11.0-37-generic").write_bytes(b"")
+    return host
+
+
+def test_a_newest_memuse_kernel_keeps_the_running_kernel_as_grubs_default(built, newest):
+    tree, bd = built
+    system = FakeSystem(newest)
+    install.install(bd, tree, newest, system)
+    drop_in = newest.default_grub_dir / install.DROP_IN_NAME
+    assert [c[:2] for c in system.commands] == [
+        ["sudo", "dpkg"], ["sudo", "sh"], ["sudo", "update-grub"],
+        ["sudo", "grub-set-default"], ["sudo", "grub-reboot"],
+    ]  # fmt: skip
+    assert f"> {drop_in}" in system.commands[1][-1]
+    assert "GRUB_DEFAULT=saved" in system.commands[1][-1]
+    assert system.commands[3] == ["sudo", "grub-set-default", RUNNING_ENTRY]
+    assert system.commands[4] == ["sudo", "grub-reboot", ENTRY]
+
+
+def test_saved_default_with_nothing_saved_gets_the_running_kernel_saved(built, newest):
+    tree, bd = built
+    newest.default_grub.write_text("GRUB_DEFAULT=saved\n")
+    system = FakeSystem(newest)
+    install.install(bd, tree, newest, system)
+    assert system.commands[1:] == [
+        ["sudo", "grub-set-default", RUNNING_ENTRY], ["sudo", "grub-reboot", ENTRY],
+    ]  # fmt: skip
+
+
+def test_a_saved_choice_of_the_user_is_left_alone(built, newest):
+    tree, bd = built
+    newest.default_grub.write_text("GRUB_DEFAULT=saved\n")
+    newest.grubenv.write_text(f"saved_entry={RUNNING_ENTRY}\n")
+    system = FakeSystem(newest)
+    install.install(bd, tree, newest, system)
+    assert system.commands[1:] == [["sudo", "grub-reboot", ENTRY]]
+
+
+def test_grub_default_is_read_as_update_grub_reads_it(host):
+    assert install.grub_default(host) == "0"
+    host.default_grub_dir.mkdir(parents=True)
+    (host.default_grub_dir / install.DROP_IN_NAME).write_text(install.GRUB_DROP_IN_TEXT)
+    assert install.grub_default(host) == "saved"
+
+
+def test_a_running_kernel_missing_from_the_menu_is_refused_when_a_pin_is_needed(built, newest):
+    tree, bd = built
+    newest.running_release = "5.4.0-1-generic"
+    system = FakeSystem(newest)
+    with pytest.raises(KitError, match="would become GRUB's default"):
+        install.install(bd, tree, newest, system)
+    assert system.commands == []
+
+
+def test_uninstall_of_the_last_memuse_kernel_removes_the_pin(newest, monkeypatch):
+    monkeypatch.setattr(install, "_installed", lambda package: True)
+    newest.default_grub_dir.mkdir(parents=True)
+    drop_in = newest.default_grub_dir / install.DROP_IN_NAME
+    drop_in.write_text(install.GRUB_DROP_IN_TEXT)
+    system = FakeSystem(newest)
+    install.uninstall(RELEASE, newest, system)
+    assert system.commands[1:] == [
+        ["sudo", "rm", "-f", str(drop_in)],
+        ["sudo", "grub-editenv", str(newest.grubenv), "unset", "saved_entry"],
+        ["sudo", "update-grub"],
+    ]
