@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -94,6 +95,9 @@ class Runner:
                 text=True,
                 errors="replace",
                 bufsize=1,
+                # its own process group, so a timeout or Ctrl-C stops what it started too
+                # (vng's QEMU kept the output open after vng was killed)
+                start_new_session=True,
             )
         except OSError as error:
             raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
@@ -102,7 +106,7 @@ class Runner:
 
         def stop() -> None:
             expired.set()
-            process.kill()
+            _kill_group(process)
 
         timer = threading.Timer(timeout or 0, stop)
         if timeout:
@@ -114,7 +118,7 @@ class Runner:
                 for sink in sink_list:
                     sink(line)
         except BaseException:
-            process.kill()
+            _kill_group(process)
             process.wait()
             raise
         finally:
@@ -123,6 +127,14 @@ class Runner:
         if expired.is_set():
             raise CommandTimeout(f"{cmd[0]} ran over {timeout:.0f}s and was stopped")
         return status
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the command and every process it started in its group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
 
 
 def _merged_env(env: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
