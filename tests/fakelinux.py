@@ -128,8 +128,232 @@ COMPAT_SYSCALL_DEFINE1(sysinfo, struct compat_sysinfo __user *, info)
 """
 
 
+# The sources memuse_kit.probes reads, in the shape of 7.x ("new") and of 5.10 ("old").
+MMAP_LOCK_H = """\
+static inline int mmap_read_lock_killable(struct mm_struct *mm)
+{
+\treturn down_read_killable(&mm->mmap_lock);
+}
+
+static inline int mmap_lock_is_contended(struct mm_struct *mm)
+{
+\treturn rwsem_is_contended(&mm->mmap_lock);
+}
+"""
+
+PGTABLE_H = {
+    "new": """\
+static inline pte_t ptep_get(pte_t *ptep)
+{
+\treturn READ_ONCE(*ptep);
+}
+""",
+    "old": """\
+static inline pte_t ptep_get(pte_t *ptep)
+{
+\treturn READ_ONCE(*ptep);
+}
+
+static inline int pmd_devmap(pmd_t pmd)
+{
+\treturn 0;
+}
+
+static inline int pmd_trans_unstable(pmd_t *pmd)
+{
+\treturn 0;
+}
+""",
+}
+
+MM_H = {
+    "new": """\
+static inline bool vma_is_initial_heap(const struct vm_area_struct *vma)
+{
+       return vma->vm_start < vma->vm_mm->brk &&
+\t\tvma->vm_end > vma->vm_mm->start_brk;
+}
+
+static inline bool vma_is_initial_stack(const struct vm_area_struct *vma)
+{
+\treturn vma->vm_start <= vma->vm_mm->start_stack &&
+\t       vma->vm_end >= vma->vm_mm->start_stack;
+}
+
+pte_t *pte_offset_map_lock(struct mm_struct *mm, pmd_t *pmd,
+\t\t\t   unsigned long addr, spinlock_t **ptlp);
+""",
+    "old": """\
+#define pte_offset_map_lock(mm, pmd, address, ptlp)\t\\
+({\t\t\t\t\t\t\t\\
+\tspinlock_t *__ptl = pte_lockptr(mm, pmd);\t\\
+\tpte_t *__pte = pte_offset_map(pmd, address);\t\\
+\t*(ptlp) = __ptl;\t\t\t\t\\
+\tspin_lock(__ptl);\t\t\t\t\\
+\t__pte;\t\t\t\t\t\t\\
+})
+""",
+}
+
+GENERIC_HUGETLB_H = {
+    "new": """\
+static inline pte_t huge_ptep_get(struct mm_struct *mm, unsigned long addr, pte_t *ptep)
+{
+\treturn ptep_get(ptep);
+}
+""",
+    "old": """\
+static inline pte_t huge_ptep_get(pte_t *ptep)
+{
+\treturn ptep_get(ptep);
+}
+""",
+}
+
+PAGEWALK_C = {
+    "new": """\
+int walk_page_vma(struct vm_area_struct *vma, const struct mm_walk_ops *ops,
+\t\tvoid *private)
+{
+\treturn __walk_page_range(vma->vm_start, vma->vm_end, &walk);
+}
+""",
+    "old": """\
+int walk_page_vma(struct vm_area_struct *vma, const struct mm_walk_ops *ops,
+\t\tvoid *private)
+{
+\terr = walk_page_test(vma->vm_start, vma->vm_end, &walk);
+\tif (err > 0)
+\t\treturn 0;
+\treturn __walk_page_range(vma->vm_start, vma->vm_end, &walk);
+}
+""",
+}
+
+FORK_C = {
+    "new": """\
+struct mm_struct *mm_access(struct task_struct *task, unsigned int mode)
+{
+\tmm = get_task_mm(task);
+\tif (!mm) {
+\t\tmm = ERR_PTR(-ESRCH);
+\t}
+\treturn mm;
+}
+""",
+    "old": """\
+struct mm_struct *mm_access(struct task_struct *task, unsigned int mode)
+{
+\tmm = get_task_mm(task);
+\treturn mm;
+}
+""",
+}
+
+HUGE_MEMORY_C = """\
+struct page *follow_trans_huge_pmd(struct vm_area_struct *vma,
+\t\t\t\t   unsigned long addr, pmd_t *pmd, unsigned int flags)
+{
+\tif ((flags & FOLL_NUMA) && pmd_protnone(*pmd))
+\t\treturn NULL;
+\treturn pmd_page(*pmd);
+}
+"""
+
+TASK_MMU_C = {
+    "new": """\
+static void smaps_pte_entry(pte_t *pte, unsigned long addr, struct mm_walk *walk)
+{
+\tif (pte_present(ptent)) {
+\t\tpage = vm_normal_page(vma, addr, ptent);
+\t} else {
+\t\tconst softleaf_t entry = softleaf_from_pte(ptent);
+
+\t\tif (softleaf_has_pfn(entry))
+\t\t\tpage = softleaf_to_page(entry);
+\t}
+}
+
+static void smaps_pmd_entry(pmd_t *pmd, unsigned long addr, struct mm_walk *walk)
+{
+\tif (pmd_present(*pmd))
+\t\tpage = vm_normal_page_pmd(vma, addr, *pmd);
+\telse if (softleaf_has_pfn(softleaf_from_pmd(*pmd)))
+\t\tpage = softleaf_to_page(softleaf_from_pmd(*pmd));
+}
+
+static int smaps_hugetlb_range(pte_t *pte, unsigned long hmask, unsigned long addr,
+\t\t\t\t unsigned long end, struct mm_walk *walk)
+{
+\tif (softleaf_has_pfn(softleaf_from_pte(ptent)))
+\t\tpresent = false;
+\treturn 0;
+}
+
+static int show_smaps_rollup(struct seq_file *m, void *v)
+{
+\tif (mmap_lock_is_contended(mm))
+\t\tmmap_read_unlock(mm);
+\treturn 0;
+}
+""",
+    "old": """\
+static void show_map_vma(struct seq_file *m, struct vm_area_struct *vma)
+{
+\tif (vma->vm_start <= mm->brk && vma->vm_end >= mm->start_brk)
+\t\tname = "[heap]";
+}
+
+static void smaps_pte_entry(pte_t *pte, unsigned long addr, struct mm_walk *walk)
+{
+\tif (is_migration_entry(swpent))
+\t\tpage = migration_entry_to_page(swpent);
+\telse if (is_device_private_entry(swpent))
+\t\tpage = device_private_entry_to_page(swpent);
+}
+
+static void smaps_pmd_entry(pmd_t *pmd, unsigned long addr, struct mm_walk *walk)
+{
+\tif (pmd_present(*pmd))
+\t\tpage = follow_trans_huge_pmd(vma, addr, pmd, FOLL_DUMP);
+\telse if (is_migration_entry(entry))
+\t\tpage = migration_entry_to_page(entry);
+}
+
+static int smaps_hugetlb_range(pte_t *pte, unsigned long hmask, unsigned long addr,
+\t\t\t\t unsigned long end, struct mm_walk *walk)
+{
+\tif (is_migration_entry(swpent))
+\t\tpage = migration_entry_to_page(swpent);
+\treturn 0;
+}
+
+static int show_smaps_rollup(struct seq_file *m, void *v)
+{
+\tif (mmap_lock_is_contended(mm))
+\t\tmmap_read_unlock(mm);
+\treturn 0;
+}
+""",
+}
+
+
+def probed_files(style: str = "new") -> Dict[str, str]:
+    """The files memuse_kit.probes reads: "new" probes like 7.2, "old" like 5.10."""
+    return {
+        "include/linux/mm.h": MM_H[style],
+        "include/linux/mmap_lock.h": MMAP_LOCK_H,
+        "include/linux/pgtable.h": PGTABLE_H[style],
+        "include/asm-generic/hugetlb.h": GENERIC_HUGETLB_H[style],
+        "fs/proc/task_mmu.c": TASK_MMU_C[style],
+        "mm/pagewalk.c": PAGEWALK_C[style],
+        "mm/huge_memory.c": HUGE_MEMORY_C,
+        "kernel/fork.c": FORK_C[style],
+    }
+
+
 def fake_files(
-    version: str = "6.12.0", last: int = 462, generic: bool = True
+    version: str = "6.12.0", last: int = 462, generic: bool = True, mm: str = "new"
 ) -> Dict[str, Optional[str]]:
     major, minor, sublevel = (int(x) for x in version.split("."))
     files: Dict[str, Optional[str]] = {
@@ -140,6 +364,7 @@ def fake_files(
         "include/linux/syscalls.h": SYSCALLS_H,
         "kernel/sys.c": SYS_C,
         "scripts/syscall.tbl": GENERIC_TABLE.format(last=last) if generic else None,
+        **probed_files(mm),
     }
     return files
 
@@ -166,7 +391,8 @@ def mtimes(root: Path) -> Dict[str, int]:
 
 
 # A kbuild stand-in, like tuxmake's fakelinux: real make, real dependency tracking, fake
-# compiler. FAIL_BUILD=1 in the environment makes the compile step fail like gcc would.
+# compiler, real (tiny) .deb packages built with dpkg-deb. FAIL_BUILD=1 in the environment
+# makes the compile step fail like gcc would.
 BUILD_MAKEFILE = """\
 VERSION = {major}
 PATCHLEVEL = {minor}
@@ -203,11 +429,9 @@ $(IMAGE): $(OBJS)
 \t@echo "Kernel: arch/x86/boot/bzImage is ready"
 
 bindeb-pkg: all
-\t@cd $(O)/.. && for p in linux-image-$(RELEASE) linux-headers-$(RELEASE) linux-libc-dev; do \\
-\t  cp $(IMAGE) $${{p}}_$(KDEB_PKGVERSION)_amd64.deb; done
+\t@sh scripts/package/builddeb $(O) $(RELEASE) $(KDEB_PKGVERSION)
 \t@touch $(O)/../linux-upstream_$(KDEB_PKGVERSION)_amd64.buildinfo
 \t@touch $(O)/../linux-upstream_$(KDEB_PKGVERSION)_amd64.changes
-\t@echo "dpkg-deb: building package 'linux-image-$(RELEASE)'"
 
 .PHONY: all defconfig olddefconfig bindeb-pkg
 """
@@ -235,16 +459,46 @@ cat "$@" >> "$KCONFIG_CONFIG"
 """
 
 
+BUILDDEB = """\
+#!/bin/sh
+# builddeb stand-in: OBJ RELEASE VERSION -> tiny real packages next to OBJ, uncompressed so
+# that tests can find a build's bytes in them; no maintainer scripts
+set -e
+obj=$1 release=$2 version=$3
+work=$obj/debian
+rm -rf "$work"
+package() {
+  mkdir -p "$work/$1/DEBIAN"
+  printf 'Package: %s\\nVersion: %s\\nArchitecture: amd64\\nMaintainer: t <t@example.org>\\n' \\
+    "$1" "$version" > "$work/$1/DEBIAN/control"
+  printf 'Description: memuse-kit test stand-in\\n' >> "$work/$1/DEBIAN/control"
+}
+package "linux-image-$release"
+mkdir -p "$work/linux-image-$release/boot" "$work/linux-image-$release/lib/modules/$release"
+cp "$obj/arch/x86/boot/bzImage" "$work/linux-image-$release/boot/vmlinuz-$release"
+cp "$obj/.config" "$work/linux-image-$release/boot/config-$release"
+package "linux-headers-$release"
+mkdir -p "$work/linux-headers-$release/usr/src/linux-headers-$release"
+cp "$obj/.config" "$work/linux-headers-$release/usr/src/linux-headers-$release/.config"
+package linux-libc-dev
+mkdir -p "$work/linux-libc-dev/usr/include/asm-generic"
+cp include/uapi/asm-generic/unistd.h "$work/linux-libc-dev/usr/include/asm-generic/"
+for name in "linux-image-$release" "linux-headers-$release" linux-libc-dev; do
+  dpkg-deb --root-owner-group -Znone -b "$work/$name" "$obj/../${name}_${version}_amd64.deb"
+done
+"""
+
+
 def make_fake_buildable_tree(root: Path, version: str = "7.2.0") -> Path:
     make_fake_tree(root, version=version, last=471)
     major, minor, sublevel = (int(x) for x in version.split("."))
     (root / "Makefile").write_text(
         BUILD_MAKEFILE.format(major=major, minor=minor, sublevel=sublevel)
     )
-    (root / "kernel/fork.c").write_text("/* fork */\n")
     for rel, text in (
         ("scripts/config", SCRIPTS_CONFIG),
         ("scripts/kconfig/merge_config.sh", MERGE_CONFIG),
+        ("scripts/package/builddeb", BUILDDEB),
     ):
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

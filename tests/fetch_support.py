@@ -1,17 +1,20 @@
 """Offline stand-ins for fetch tests: an HTTP server in the test process that can misbehave,
-a kernel.org-like directory, a Debian-like apt archive and a git repository with a tag."""
+a kernel.org-like directory, a Debian-like apt archive signed with a throwaway key (apt checks
+it through signed-by, as it checks Debian's) and a git repository with a tag."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from memuse_kit.sources import Coordinates, Debian, GitSource, KernelOrg
 from tests.fakelinux import make_fake_tree
@@ -172,10 +175,49 @@ def source_deb(tmp: Path, package: str, version: str, tarball: bytes) -> bytes:
     return out.read_bytes()
 
 
+@dataclass(frozen=True)
+class ArchiveKey:
+    """A throwaway OpenPGP signing key: its gpg home, and its public key for signed-by."""
+
+    home: Path
+    keyring: Path
+
+    def gpg(self, *args: str, data: Optional[bytes] = None) -> bytes:
+        command = ["gpg", "--batch", "--quiet", "--homedir", str(self.home), *args]
+        return subprocess.run(command, input=data, capture_output=True, check=True).stdout
+
+    def clearsign(self, text: bytes) -> bytes:
+        return self.gpg("--clearsign", "--digest-algo", "SHA256", data=text)
+
+    def detach_sign(self, text: bytes) -> bytes:
+        return self.gpg("--detach-sign", "--armor", "--digest-algo", "SHA256", data=text)
+
+
+def archive_key(name: str = "memuse-kit test archive") -> Iterator[ArchiveKey]:
+    """Generate a key with no passphrase (no network, a second); yields it, then removes it.
+
+    The home is a short path of its own: gpg-agent's socket lives in it.
+    """
+    home = Path(tempfile.mkdtemp(prefix="gpg-"))
+    key = ArchiveKey(home, home / "archive-keyring.gpg")
+    try:
+        key.gpg("--passphrase", "", "--quick-gen-key", f"{name} <tests@example.org>", "ed25519")
+        key.keyring.write_bytes(key.gpg("--export"))
+        yield key
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def publish_apt_archive(
-    server: FileServer, prefix: str, suite: str, packages: List[Tuple[str, str, bytes]]
+    server: FileServer,
+    prefix: str,
+    suite: str,
+    packages: List[Tuple[str, str, bytes]],
+    key: Optional[ArchiveKey] = None,
 ) -> str:
-    """An unsigned apt archive at prefix with (package, version, deb) in SUITE/main.
+    """An apt archive at prefix with (package, version, deb) in SUITE/main, its Release
+    signed by key (InRelease and Release.gpg) when one is given.
 
     Returns the apt source line without options: "URI SUITE main".
     """
@@ -196,6 +238,9 @@ def publish_apt_archive(
         f" {sha256(index)} {len(index)} main/binary-amd64/Packages\n"
     )
     server.add(f"{prefix}/dists/{suite}/Release", release.encode())
+    if key is not None:
+        server.add(f"{prefix}/dists/{suite}/InRelease", key.clearsign(release.encode()))
+        server.add(f"{prefix}/dists/{suite}/Release.gpg", key.detach_sign(release.encode()))
     return f"{server.url(prefix)} {suite} main"
 
 
@@ -241,6 +286,7 @@ class Archive:
     kernel_org_base: str = "http://127.0.0.1:9/kernel"
     debian_series: Dict[str, List[str]] = field(default_factory=dict)
     sha256_pins: Dict[str, str] = field(default_factory=dict)
+    keyring: Optional[Path] = None  # signed-by this; without one the archive is trusted=yes
 
 
 def coordinates(archive: Archive, default: str = "ubuntu-test") -> Coordinates:
@@ -259,7 +305,7 @@ def coordinates(archive: Archive, default: str = "ubuntu-test") -> Coordinates:
             sha256=dict(archive.sha256_pins),
         ),
         debian=Debian(
-            options="trusted=yes",
+            options=f"signed-by={archive.keyring}" if archive.keyring else "trusted=yes",
             package="linux-source-{series}",
             architecture="amd64",
             series=archive.debian_series,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import gzip
 import json
 import os
 import pwd
@@ -330,6 +331,16 @@ def reports_since(mark: int) -> List[str]:
 def first_report() -> Optional[str]:
     """The first problem the kernel log holds, boot included."""
     return next((message for _, message in kernel_log() if is_report(message)), None)
+
+
+# the debug options whose reports the kernel-log checks look for
+WATCHERS = ("CONFIG_KASAN", "CONFIG_PROVE_LOCKING", "CONFIG_DEBUG_VM", "CONFIG_DEBUG_ATOMIC_SLEEP")
+
+
+def running_config() -> Dict[str, str]:
+    """The booted kernel's options from /proc/config.gz (the vm config has IKCONFIG_PROC)."""
+    with gzip.open("/proc/config.gz", "rt") as handle:
+        return dict(re.findall(r"^(CONFIG_\w+)=(.*)$", handle.read(), re.MULTILINE))
 
 
 def lockdep_active() -> Optional[bool]:

@@ -11,6 +11,7 @@ from memuse_kit import artifacts, patcher, preflight, templates
 from memuse_kit.build import BuildOptions, build
 from memuse_kit.builddir import BuildDir
 from memuse_kit.errors import KitError
+from tests import deb_support
 from tests.fakelinux import make_fake_buildable_tree
 
 
@@ -47,19 +48,49 @@ def test_first_build_packages_and_records_everything(tree):
     meta = metadata(tree)
     assert meta["status"] == "success"
     assert meta["kernel_release"] == "7.2.0-memuse" and meta["syscall_nr"] == 472
+    assert meta["probes"]["heap_strict"] is True  # why the tree got the code it got
+    assert meta["probes"]["huge_pmd_lookup"] == "vm_normal_page_pmd"
     assert meta["config"]["name"] == "vm" and len(meta["config"]["sha256"]) == 64
     assert set(meta["durations"]) == {"preflight", "config", "kernel", "package"}
     assert meta["objects_compiled"] == 2
     assert "  CC      kernel/sys.o" in bd.log.read_text()
 
 
+def test_the_packages_are_real_and_install_into_a_throwaway_root(tree, tmp_path):
+    result = build(options(tree))
+    bd, release = result.build_dir, result.release
+    root = deb_support.throwaway_root(tmp_path / "root")
+    calls = deb_support.hook_recorder(tmp_path / "hooks")
+    deb_support.install(root, result.packages, calls)
+    image = (bd.obj / "arch/x86/boot/bzImage").read_bytes()
+    assert (root / f"boot/vmlinuz-{release}").read_bytes() == image
+    assert (root / f"usr/src/linux-headers-{release}/.config").is_file()
+    assert deb_support.installed(root) == {
+        f"linux-headers-{release}": "ii",
+        f"linux-image-{release}": "ii",
+    }
+    assert not calls.exists()  # the stand-in packages have no maintainer scripts
+
+
 def test_configuration_is_sanitized(tree):
+    """What the README promises scripts/config is told. (The stand-in appends each setting,
+    so this checks the arguments; the VM tier checks the real build's obj/.config.)"""
     result = build(options(tree))
     config = (result.build_dir.obj / ".config").read_text()
     assert 'CONFIG_SYSTEM_TRUSTED_KEYS=""' in config
+    assert 'CONFIG_SYSTEM_REVOCATION_KEYS=""' in config
     assert 'CONFIG_LOCALVERSION="-memuse"' in config
     assert "# CONFIG_DEBUG_INFO_BTF is not set" in config
-    assert "CONFIG_KASAN=y" in config  # from the vm profile's debug fragment
+    assert "CONFIG_DEBUG_INFO_NONE=y" in config and "# CONFIG_DEBUG_INFO is not set" in config
+    assert "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT=y" not in config
+
+
+def test_debug_info_only_with_debug_info(tree):
+    result = build(options(tree, debug_info=True, reconfigure=True))
+    config = (result.build_dir.obj / ".config").read_text()
+    assert "# CONFIG_DEBUG_INFO_NONE is not set" in config
+    assert "CONFIG_DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT=y" in config
+    assert "CONFIG_DEBUG_INFO_NONE=y" not in config
 
 
 def test_nothing_changed_means_nothing_compiled_or_repackaged(tree, capsys):

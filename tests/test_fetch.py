@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from invoke.exceptions import Exit
@@ -20,7 +22,9 @@ from memuse_kit.sources import Distribution, GitSource
 from tests.fakelinux import make_fake_tree
 from tests.fetch_support import (
     Archive,
+    ArchiveKey,
     FileServer,
+    archive_key,
     clearsigned_sums,
     closed_port_url,
     coordinates,
@@ -40,6 +44,12 @@ def cache(tmp_path, monkeypatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("MEMUSE_KIT_CACHE", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> Iterator[ArchiveKey]:
+    """The Debian-like archives' key: apt checks their InRelease through signed-by."""
+    yield from archive_key()
 
 
 @pytest.fixture
@@ -159,22 +169,23 @@ def test_release_missing_from_the_sums_file(cache, server, tmp_path):
 # Debian: a private apt configuration against an archive served here
 
 
-def publish_debian(server, tmp_path, versions=("9.9.1-1",), suites=("testy",)):
-    """linux-source-9.9 in each suite (one version per suite), as apt source lines."""
+def publish_debian(server, tmp_path, key, versions=("9.9.1-1",), suites=("testy",)):
+    """linux-source-9.9 in each suite (one version per suite), signed by key; apt lines."""
     lines = []
     for suite, version in zip(suites, versions):
         upstream = version.split("-")[0]
         tarball = kernel_tarball(tmp_path / suite, "linux-source-9.9", upstream)
         deb = source_deb(tmp_path / suite, "linux-source-9.9", version, tarball)
-        lines.append(
-            publish_apt_archive(server, f"/{suite}", suite, [("linux-source-9.9", version, deb)])
-        )
+        packages = [("linux-source-9.9", version, deb)]
+        lines.append(publish_apt_archive(server, f"/{suite}", suite, packages, key))
     return lines
 
 
-def test_debian_source_package_through_a_private_apt_configuration(cache, server, tmp_path):
-    lines = publish_debian(server, tmp_path)
-    coords = coordinates(Archive(debian_series={"9.9": lines}))
+def test_debian_source_package_through_a_private_apt_configuration(
+    cache, server, tmp_path, signing_key
+):
+    lines = publish_debian(server, tmp_path, signing_key)
+    coords = coordinates(Archive(debian_series={"9.9": lines}, keyring=signing_key.keyring))
     result = run("debian:9.9", coords)
     assert result.tree == cache / "trees" / "debian-9.9.1-1"
     assert (result.version, result.kernel) == ("9.9.1-1", "9.9.1")
@@ -182,24 +193,53 @@ def test_debian_source_package_through_a_private_apt_configuration(cache, server
     assert result.sha256 == sha256(deb.read_bytes())
     assert result.origin == server.url("/testy/pool/main/linux-source-9.9_9.9.1-1_all.deb")
     private = cache / "apt" / "debian_9.9"
-    assert (private / "sources.list").read_text() == f"deb [trusted=yes] {lines[0]}\n"
+    assert (private / "sources.list").read_text() == (
+        f"deb [signed-by={signing_key.keyring}] {lines[0]}\n"
+    )
     assert list((private / "lists").glob("*_Packages*"))
     assert leftovers(cache) == ["debian-9.9.1-1", "debian-9.9.1-1.source.json"]
 
 
-def test_debian_takes_the_newest_version_the_suites_offer(cache, server, tmp_path):
-    lines = publish_debian(server, tmp_path, ("9.9.1-1", "9.9.4-1"), ("testy", "testy-security"))
-    result = run("debian:9.9", coordinates(Archive(debian_series={"9.9": lines})))
+def test_debian_takes_the_newest_version_the_suites_offer(cache, server, tmp_path, signing_key):
+    lines = publish_debian(
+        server, tmp_path, signing_key, ("9.9.1-1", "9.9.4-1"), ("testy", "testy-security")
+    )
+    result = run(
+        "debian:9.9",
+        coordinates(Archive(debian_series={"9.9": lines}, keyring=signing_key.keyring)),
+    )
     assert (result.version, result.kernel) == ("9.9.4-1", "9.9.4")
 
 
-def test_debian_reuses_a_verified_download(cache, server, tmp_path):
-    lines = publish_debian(server, tmp_path)
+def test_debian_reuses_a_verified_download(cache, server, tmp_path, signing_key):
+    lines = publish_debian(server, tmp_path, signing_key)
     deb = (tmp_path / "testy" / "linux-source-9.9_9.9.1-1_all.deb").read_bytes()
     (cache / "downloads").mkdir(parents=True)
     (cache / "downloads" / "linux-source-9.9_9.9.1-1_all.deb").write_bytes(deb)
-    run("debian:9.9", coordinates(Archive(debian_series={"9.9": lines})))
+    run(
+        "debian:9.9",
+        coordinates(Archive(debian_series={"9.9": lines}, keyring=signing_key.keyring)),
+    )
     assert server.requests_for("/testy/pool/main/linux-source-9.9_9.9.1-1_all.deb") == []
+
+
+@pytest.mark.parametrize("signed_by", ["another key", "no key"])
+def test_debian_archive_not_signed_by_the_configured_key_is_refused(
+    cache, server, tmp_path, signing_key, signed_by
+):
+    """apt really checks the signature: signed by another key, or not signed at all, the
+    archive's index is refused and nothing is downloaded or unpacked."""
+    if signed_by == "another key":
+        with contextlib.closing(archive_key("someone else")) as keys:
+            lines = publish_debian(server, tmp_path, next(keys))
+    else:
+        lines = publish_debian(server, tmp_path, None)
+    coords = coordinates(Archive(debian_series={"9.9": lines}, keyring=signing_key.keyring))
+    with pytest.raises(KitError, match=r"^apt-get update .* is not signed\.$") as error:
+        run("debian:9.9", coords)
+    assert "\n" not in str(error.value)
+    assert server.requests_for("/testy/pool/main/linux-source-9.9_9.9.1-1_all.deb") == []
+    assert leftovers(cache) == []
 
 
 def test_debian_mirror_unreachable_is_one_line_naming_it(cache, tmp_path):
@@ -210,9 +250,9 @@ def test_debian_mirror_unreachable_is_one_line_naming_it(cache, tmp_path):
     assert error.value.url.startswith(url) and "\n" not in str(error.value)
 
 
-def test_debian_package_missing_from_the_index(cache, server, tmp_path):
-    lines = publish_debian(server, tmp_path)
-    coords = coordinates(Archive(debian_series={"9.8": lines}))
+def test_debian_package_missing_from_the_index(cache, server, tmp_path, signing_key):
+    lines = publish_debian(server, tmp_path, signing_key)
+    coords = coordinates(Archive(debian_series={"9.8": lines}, keyring=signing_key.keyring))
     with pytest.raises(KitError, match=r"no package linux-source-9\.8 in"):
         run("debian:9.8", coords)
 
@@ -253,14 +293,17 @@ def test_missing_tag_is_named(cache, tmp_path):
 # the default source unreachable: fallback only when it was not asked for
 
 
-def unreachable_default(server, tmp_path):
+def unreachable_default(server, tmp_path, key):
     repo = git_repository(tmp_path)
     repo.url = closed_port_url("/ubuntu/focal")
-    return coordinates(Archive(git=repo, debian_series={"9.9": publish_debian(server, tmp_path)}))
+    lines = publish_debian(server, tmp_path, key)
+    return coordinates(Archive(git=repo, debian_series={"9.9": lines}, keyring=key.keyring))
 
 
-def test_unreachable_default_falls_back_with_one_warning(cache, server, tmp_path, capsys):
-    coords = unreachable_default(server, tmp_path)
+def test_unreachable_default_falls_back_with_one_warning(
+    cache, server, tmp_path, capsys, signing_key
+):
+    coords = unreachable_default(server, tmp_path, signing_key)
     result = run(None, coords, explicit=False)
     assert (result.spec, result.version) == ("debian:9.9", "9.9.1-1")
     warning = capsys.readouterr().err.splitlines()
@@ -271,23 +314,23 @@ def test_unreachable_default_falls_back_with_one_warning(cache, server, tmp_path
     assert json.loads((cache / "current.json").read_text())["spec"] == "debian:9.9"
 
 
-def test_explicit_source_never_falls_back(cache, server, tmp_path):
-    coords = unreachable_default(server, tmp_path)
+def test_explicit_source_never_falls_back(cache, server, tmp_path, signing_key):
+    coords = unreachable_default(server, tmp_path, signing_key)
     with pytest.raises(Unreachable):
         run("ubuntu-test", coords, explicit=True)
     assert server.log == [] and leftovers(cache) == []
 
 
-def test_no_fallback_where_the_distribution_is_unknown(cache, server, tmp_path):
-    coords = unreachable_default(server, tmp_path)
+def test_no_fallback_where_the_distribution_is_unknown(cache, server, tmp_path, signing_key):
+    coords = unreachable_default(server, tmp_path, signing_key)
     with pytest.raises(Unreachable):
         run(None, coords, explicit=False, distro=Distribution("arch", ""))
 
 
 def test_the_task_turns_unreachable_into_one_line_and_status_1(
-    cache, server, tmp_path, monkeypatch
+    cache, server, tmp_path, monkeypatch, signing_key
 ):
-    coords = unreachable_default(server, tmp_path)
+    coords = unreachable_default(server, tmp_path, signing_key)
     monkeypatch.setattr(sources, "load_coordinates", lambda: coords)
     task = one_line_errors(fetch.fetch_command)  # what tasks.py's fetch runs
     with pytest.raises(Exit) as error:

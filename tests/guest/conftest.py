@@ -56,18 +56,27 @@ def reaped_pid() -> int:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def clean_kernel_log():
+def debug_kernel() -> None:
+    """The watchers the suite relies on are really in the booted kernel, and lockdep is on.
+
+    Without them "no report in the kernel log" would prove nothing, so a kernel built
+    without them, or one where lockdep already switched itself off (a report at boot), fails
+    the session instead of passing it with a note.
+    """
+    options = guest_support.running_config()
+    missing = [name for name in guest_support.WATCHERS if options.get(name) != "y"]
+    assert not missing, f"the booted kernel lacks {', '.join(missing)} (build --config vm)"
+    assert guest_support.lockdep_active() is True, (
+        "lockdep is off or unreadable before the tests began, so they could not show the "
+        f"locking is clean; the kernel's first report: {guest_support.first_report()}"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_kernel_log(debug_kernel):
     """No test of the session may leave a kernel bug, warning, KASAN or lockdep report."""
     mark = guest_support.log_mark()
-    lockdep_at_start = guest_support.lockdep_active()
-    if lockdep_at_start is False:
-        # a problem before the tests (at boot) made lockdep stop: say so, it is not memuse's
-        guest_support.REPORT.append(
-            "NOTE: lockdep was already off when the tests began, so they cannot show the "
-            f"locking is clean; the kernel's first report: {guest_support.first_report()}"
-        )
     yield
     reports = guest_support.reports_since(mark)
     assert not reports, "the kernel reported problems:\n" + "\n".join(reports[:40])
-    if lockdep_at_start:
-        assert guest_support.lockdep_active(), "lockdep turned itself off during the tests"
+    assert guest_support.lockdep_active(), "lockdep turned itself off during the tests"

@@ -15,6 +15,7 @@ from typing import List
 import pytest
 
 from memuse_client import Kind, memuse, smaps_memuse, stopped_scenario
+from memuse_client.syscall import raw_memuse, syscall_number
 from tests.guest_support import as_user, expected_thread_size, nobody
 
 SMAPS_KINDS = (Kind.STACK, Kind.HEAP, Kind.KERNEL_MAPPINGS, Kind.TOTAL)
@@ -37,8 +38,11 @@ def test_the_api_agrees_with_smaps_for_a_stopped_process():
 def test_the_api_raises_the_errno_as_its_exception(reaped_pid):
     with pytest.raises(ProcessLookupError):
         memuse(reaped_pid, Kind.TOTAL)
-    with pytest.raises(ValueError):
-        memuse(1, 6)
+    with pytest.raises(ValueError, match="unknown kind 6"):
+        memuse(1, 6)  # refused by the client before any syscall
+    # the kernel's own EINVAL, through the raw call that does not check the kind
+    with pytest.raises(ValueError, match=r"the kernel rejected memory type 6 \(EINVAL\)"):
+        raw_memuse(syscall_number().nr, 1, 6)
     uid, gid = nobody()
     with stopped_scenario("do-nothing") as root_pid:
 

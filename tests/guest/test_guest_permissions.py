@@ -1,10 +1,11 @@
 """Permission parity: an unprivileged caller may measure exactly what /proc/PID/smaps shows it.
 
 The caller is a forked child that dropped root for nobody. For each target it calls memuse
-for every kind and opens /proc/PID/smaps; memuse succeeds for the user-memory kinds exactly
-when the open does, and both refuse with EACCES. The check is ptrace read access with the
-caller's fs credentials (PTRACE_MODE_READ_FSCREDS): same uid and gid as the target and the
-target dumpable, or CAP_SYS_PTRACE; a process may always read itself.
+for every kind and opens /proc/PID/smaps; memuse succeeds for every kind (the kernel stack
+included) exactly when the open does, and both refuse with EACCES. The check is mm_access():
+ptrace read access with the caller's fs credentials (PTRACE_MODE_READ_FSCREDS): same uid and
+gid as the target and the target dumpable, or CAP_SYS_PTRACE; a process may always read
+itself (same mm); a task without an mm has nothing to refuse.
 """
 
 from __future__ import annotations
@@ -220,21 +221,26 @@ def test_root_may_measure_a_process_that_is_not_dumpable(nr):
 
 
 def test_a_kernel_thread_and_a_zombie_have_no_map_to_refuse(nr):
-    """No mm, nothing /proc would refuse: 0 for the user kinds; the kernel stack is refused."""
+    """No mm, nothing /proc refuses (smaps opens, empty): memuse refuses no kind either.
+
+    Kind 2 makes the same mm_access() check as the others, so parity holds for it too:
+    kthreadd's live kernel stack is THREAD_SIZE, the zombie's (freed) is 0.
+    """
     zombie = os.fork()
     if zombie == 0:
         os._exit(0)
     try:
         wait_for(lambda: task_state(zombie) == "Z", 30, "a zombie")
+        # its stack goes with its last context switch, a moment after it shows Z
+        wait_for(lambda: call(nr, zombie, 2) == (0, 0), 5, "the zombie's kernel stack to go")
         seen = as_nobody(lambda: [probe(nr, 2), probe(nr, zombie)])
     finally:
         kill_and_reap(zombie)
-    # kind 2 makes the ptrace check itself, and a root task is not nobody's to inspect
-    no_map = {
-        "memuse": {"1": [0, 0], "2": [-1, errno.EACCES], "3": [0, 0], "4": [0, 0], "5": [0, 0]},
-        "smaps": 0,
-    }
-    assert seen == [no_map, no_map]
+    user_kinds = {str(kind): [0, 0] for kind in USER_KINDS}
+    assert seen == [
+        {"memuse": {**user_kinds, "2": [expected_thread_size(), 0]}, "smaps": 0},
+        {"memuse": {**user_kinds, "2": [0, 0]}, "smaps": 0},
+    ]
 
 
 def test_the_check_uses_the_fs_credentials(nr, sleep_binary):

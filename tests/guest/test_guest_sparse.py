@@ -1,8 +1,9 @@
 """A 64 GiB MAP_NORESERVE mapping with one touched page: measured exactly, and quickly.
 
 The page-table walker skips empty tables at every level, so the cost follows what is
-populated, not the size of the mapping. The bound is generous (TCG and KASAN make every
-call slow); scripts/bench-memuse measures the ratio to an idle process on a fast kernel.
+populated, not the size of the mapping: the median call costs at most MAX_RATIO times the
+median call on an idle process, timed in the same run, so TCG's and KASAN's slowness cancel
+out (the README's aim; a walk of the 16M ptes would be thousands of times slower).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from memuse_client import stopped_scenario
 from tests.guest_support import GIB, PAGE, REPORT, call, smaps_view
 
 REPEAT = 21
-BOUND_SECONDS = 0.050
+MAX_RATIO = 10.0
 
 
 def timed_calls(nr: int, pid: int, kind: int) -> Tuple[List[float], int]:
@@ -49,4 +50,4 @@ def test_a_sparse_64_gib_mapping_is_measured_quickly_and_exactly(nr):
     assert (region.end - region.start, region.fields["Rss"]) == (64 * GIB, PAGE)
     assert total == before.expected(5)
     assert after.footprint() == before.footprint()
-    assert median < BOUND_SECONDS
+    assert median / idle_median <= MAX_RATIO

@@ -7,7 +7,10 @@ pids (children being forked, exiting, zombies, reaped, exec'ing), the rest rando
 (init, kthreadd, kernel threads, the caller) or no pid at all (0, negative, beyond pid_max);
 about one kind in seven is invalid. Every answer is judged: an invalid kind is EINVAL; a
 valid one succeeds with a sane value (a page multiple within RAM, or THREAD_SIZE or 0 for
-the kernel stack) or fails with ESRCH, EINTR, or EACCES (nobody only: root may read all).
+the kernel stack) or fails with ESRCH, or EACCES (nobody only: root may read all). EINTR is
+not accepted: it needs a fatal signal, and the callers are never sent one while they call.
+The mix must have reached every path: successes and ESRCH and EINVAL for both callers,
+refusals for nobody.
 """
 
 from __future__ import annotations
@@ -162,7 +165,8 @@ class Judge:
     """What a memuse answer may be, for a caller that may or may not be refused."""
 
     def __init__(self, refusable: bool) -> None:
-        self.allowed = {errno.ESRCH, errno.EINTR} | ({errno.EACCES} if refusable else set())
+        # no EINTR: the mmap lock is taken killably, and no caller is sent a fatal signal
+        self.allowed = {errno.ESRCH} | ({errno.EACCES} if refusable else set())
         self.thread_size = expected_thread_size()
         meminfo = Path("/proc/meminfo").read_text().split()
         self.ram = int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024
@@ -244,10 +248,11 @@ def test_100000_random_calls_against_churning_processes(nr, churners):
     )
 
     assert as_root["wrong"] == [] and as_nobody["wrong"] == []
-    assert sum(as_root["outcomes"].values()) + sum(as_nobody["outcomes"].values()) == CALLS
+    for caller, seen in (("root", as_root), ("nobody", as_nobody)):
+        reached = {name for name, count in seen["outcomes"].items() if count}
+        assert {"ok", "ESRCH", "EINVAL"} <= reached, f"{caller} never got {seen['outcomes']}"
     assert alive == [True] * len(churners), "a churner died while it was measured"
     assert forked > 100, "too little churn to mean anything"
-    assert as_root["outcomes"]["ok"] > 0 and as_nobody["outcomes"]["EACCES"] > 0
+    assert as_nobody["outcomes"].get("EACCES", 0) > 0
     assert reports_since(mark) == []
-    if lockdep_before:
-        assert lockdep_active(), "lockdep turned itself off"
+    assert lockdep_before and lockdep_active(), "lockdep was or went off"
