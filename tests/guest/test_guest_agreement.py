@@ -68,8 +68,10 @@ def deep_stack(pid: StoppedScenario, view: SmapsView) -> None:
 
 
 def heap_1g(pid: StoppedScenario, view: SmapsView) -> None:
-    # the 1 GiB region, and at most the few pages the heap held before it was grown
-    assert GIB <= view.expected(3) <= GIB + 16 * PAGE
+    # the 1 GiB region at least; no upper bound: where the [heap] VMA merges with the
+    # program's own anonymous data (5.10 merges adjacent anonymous VMAs) smaps counts that
+    # too, and memuse equals smaps is what the test asserts before this
+    assert view.expected(3) >= GIB
     assert view.vma_at(pid.number("addr")).name == "[heap]"
 
 
