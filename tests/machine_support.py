@@ -28,12 +28,6 @@ GUEST_CACHE = f"{GUEST_HOME}/.cache/memuse-kit"
 SCENARIOS = f"{GUEST_HOME}/memuse-scenarios"
 ENV_SCENARIOS = "MEMUSE_SCENARIOS_BIN"
 
-# what a kernel problem prints (the same patterns the guest suite watches for)
-KERNEL_PROBLEM = re.compile(
-    r"\bBUG\b|WARNING:|\bOops\b|KASAN|UBSAN|general protection fault|Call Trace|"
-    r"possible (circular|recursive) locking|inconsistent lock state|suspicious RCU usage"
-)
-
 
 def dependencies() -> List[str]:
     """memuse-kit's runtime requirements, from pyproject.toml."""

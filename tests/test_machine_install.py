@@ -18,12 +18,13 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from memuse_kit import machine
+from memuse_kit import install, machine
 from memuse_kit.build import BuildOptions, build
 from memuse_kit.builddir import BuildDir
 from memuse_kit.pipeline import ensure_patched
 from memuse_kit.vm import prebuilt_scenarios
 from tests import machine_support as kit
+from tests.guest_support import is_report
 from tests.kernel_trees import cached_tree
 
 RUN_IT = "MEMUSE_KIT_MACHINE_INSTALL"
@@ -136,13 +137,7 @@ def install_args(bd: BuildDir, *extra: str) -> List[str]:
 def stock_entry(m: machine.Machine) -> str:
     """The grub-reboot id of the stock kernel (what a user picks in GRUB's menu)."""
     grub_cfg = ok(m, ["cat", "/boot/grub/grub.cfg"])
-    submenu = re.search(
-        r"^submenu .*\$menuentry_id_option '(gnulinux-advanced-[^']+)'", grub_cfg, re.M
-    )
-    assert submenu, grub_cfg
-    entry = re.search(r"\$menuentry_id_option '(gnulinux-([^']+)-advanced-[^']+)'", grub_cfg)
-    assert entry and "memuse" not in entry.group(2)
-    return f"{submenu.group(1)}>{entry.group(1)}"
+    return install.grub_entry_id(grub_cfg, m.image.kernel_release)
 
 
 def assert_booted_from_disk_through_grub(m: machine.Machine, release: str) -> None:
@@ -156,9 +151,7 @@ def assert_booted_from_disk_through_grub(m: machine.Machine, release: str) -> No
 
 
 def assert_kernel_log_clean(m: machine.Machine) -> None:
-    problems = [
-        line for line in ok(m, ["sudo", "dmesg"]).splitlines() if kit.KERNEL_PROBLEM.search(line)
-    ]
+    problems = [line for line in ok(m, ["sudo", "dmesg"]).splitlines() if is_report(line)]
     assert problems == []
 
 
