@@ -3,7 +3,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from memuse_kit.vm import DEFAULT_COMMAND, ConsoleReader, guest_script
+from memuse_kit.builddir import BuildDir
+from memuse_kit.vm import DEFAULT_COMMAND, ConsoleReader, VmOptions, guest_script, vng_command
 from memuse_kit.vm_step import guest_command
 
 
@@ -50,3 +51,11 @@ def test_a_begin_marker_echoed_inside_the_command_line_is_not_the_start():
 def test_guest_script_wraps_the_command_between_markers():
     script = guest_script(["sh", "-c", "exit 3"], "n1", Path("/repo"))
     assert "echo MEMUSE-KIT-BEGIN-n1; sh -c 'exit 3'; echo MEMUSE-KIT-END-n1 status=$?" in script
+
+
+def test_the_guest_boots_with_4_level_paging(tmp_path: Path):
+    """A KASAN kernel can report a false wild access on 5-level paging (see GUEST_KERNEL_ARGS)."""
+    options = VmOptions(build=BuildDir(tmp_path))
+    cmd = vng_command(options, "true", use_kvm=False)
+    assert cmd[cmd.index("--append") + 1] == "no5lvl"
+    assert cmd[-2:] == ["--exec", "true"]
