@@ -8,10 +8,10 @@ from typing import List, Optional
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from memuse_kit import patch_step
 from memuse_kit.cli import one_line_errors
-from memuse_kit.errors import KitError
-from memuse_kit.workspace import resolve_tree
+from memuse_kit.core.errors import KitError
+from memuse_kit.patching import patch_step
+from memuse_kit.trees.workspace import resolve_tree
 
 
 @task(
@@ -26,7 +26,7 @@ def fetch(
     c: Context, source: Optional[str] = None, tree: Optional[str] = None, dry_run: bool = False
 ) -> None:
     """Download and unpack a kernel source into the cache (instant when cached)."""
-    from memuse_kit.fetch import fetch_command
+    from memuse_kit.trees.fetch import fetch_command
 
     fetch_command(source=source, tree=tree, dry_run=dry_run)
 
@@ -69,7 +69,7 @@ def patch(
 @one_line_errors
 def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -> None:
     """Regenerate every shipped patch in patches/ from the templates."""
-    from memuse_kit.shipped import regenerate_all
+    from memuse_kit.patching.shipped import regenerate_all
 
     regenerate_all([Path(t).expanduser().resolve() for t in tree or []], check=check)
 
@@ -107,10 +107,10 @@ def build(
     dry_run: bool = False,
 ) -> None:
     """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
-    from memuse_kit.kconfig import default_config
-    from memuse_kit.options import parse_jobs
-    from memuse_kit.pipeline import build_chain
-    from memuse_kit.workspace import check_not_empty
+    from memuse_kit.building.kconfig import default_config
+    from memuse_kit.building.pipeline import build_chain
+    from memuse_kit.core.options import parse_jobs
+    from memuse_kit.trees.workspace import check_not_empty
 
     check_not_empty(config, "--config")
     parallel = parse_jobs(jobs)
@@ -148,7 +148,7 @@ def install(
     dry_run: bool = False,
 ) -> None:
     """Install the built image and headers packages and boot them once (grub-reboot)."""
-    from memuse_kit.vm_step import install_command
+    from memuse_kit.trying.vm_step import install_command
 
     install_command(tree, config, default, dry_run, build_dir)
 
@@ -170,7 +170,7 @@ def uninstall(
     dry_run: bool = False,
 ) -> None:
     """Remove an installed memuse kernel's image and headers packages."""
-    from memuse_kit.vm_step import uninstall_command
+    from memuse_kit.trying.vm_step import uninstall_command
 
     uninstall_command(tree, config, release, dry_run)
 
@@ -201,7 +201,7 @@ def vm(
 
     The default command is `memuse experiment`. The host is not touched.
     """
-    from memuse_kit.vm_step import vm_command
+    from memuse_kit.trying.vm_step import vm_command
 
     status = vm_command(tree, source, config, c.remainder, memory, accel, timeout, dry_run)
     if status:
@@ -217,7 +217,7 @@ def vm(
 @one_line_errors
 def machine(c: Context, create: bool = False, rebuild: bool = False) -> None:
     """The Debian 12 test machine's disk image (mmdebstrap, GRUB, QEMU): show it or create it."""
-    from memuse_kit.machine import machine_command
+    from memuse_kit.trying.machine import machine_command
 
     machine_command(create=create, rebuild=rebuild)
 
@@ -239,6 +239,6 @@ def module(
     dry_run: bool = False,
 ) -> None:
     """Build an out-of-tree module (Part 1 of the report: hello) against the built kernel."""
-    from memuse_kit.vm_step import module_command
+    from memuse_kit.trying.vm_step import module_command
 
     module_command(name, tree, config, dry_run)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from typing import Any, Callable, TypeVar
 
 from invoke.exceptions import Exit
 
-from .errors import KitError
-from .safety import describe_os_error, one_line
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.safety import describe_os_error, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_ENV = "MEMUSE_KIT_DEBUG"
@@ -56,11 +55,3 @@ def one_line_errors(func: F) -> F:
             ) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def warn(message: str) -> None:
-    print(f"memuse-kit: warning: {message}", file=sys.stderr, flush=True)

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from memuse_kit.sources import Coordinates, Debian, GitSource, KernelOrg
+from memuse_kit.trees.sources import Coordinates, Debian, GitSource, KernelOrg
 from tests.fakelinux import make_fake_tree
 
 # How a route answers: "ok" honours Range; "no-range" always sends the whole file;

@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterator, Tuple
 
-from memuse_kit.cache import cache_root
-from memuse_kit.patcher import TreeState
+from memuse_kit.core.cache import cache_root
+from memuse_kit.patching.patcher import TreeState
 
 MATRIX_SOURCES = ("debian:5.10", "debian:6.1", "debian:6.12", "debian:7.2")
 UPSTREAM_511_ENV = "MEMUSE_KIT_TREE_5_11"
@@ -22,7 +22,7 @@ UPSTREAM_66_ENV = "MEMUSE_KIT_TREE_6_6"
 
 
 def cached_tree(spec: str) -> Path:
-    from memuse_kit.fetch import fetch_source
+    from memuse_kit.trees.fetch import fetch_source
 
     return fetch_source(spec, explicit=True).tree
 
@@ -37,7 +37,7 @@ def link_copy(tree: Path, name: str) -> Path:
     subprocess.run(["cp", "-al", str(tree), str(dest)], check=True)
     state = dest / ".memuse-kit"
     if state.exists():  # the cached tree is patched for a build: start the copy pristine
-        from memuse_kit.patcher import revert
+        from memuse_kit.patching.patcher import revert
 
         revert(dest)
     return dest

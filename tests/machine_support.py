@@ -16,8 +16,8 @@ import tarfile
 from pathlib import Path
 from typing import List
 
-from memuse_kit.builddir import BuildDir
-from memuse_kit.cache import cache_root
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.core.cache import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("memuse_kit", "memuse_client", "tasks.py", "pyproject.toml", "README.md", "templates")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import artifacts, patcher, preflight, templates
-from memuse_kit.build import BuildOptions, build
-from memuse_kit.builddir import BuildDir
-from memuse_kit.errors import KitError
+from memuse_kit.building import artifacts, preflight
+from memuse_kit.building.build import BuildOptions, build
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.core.errors import KitError
+from memuse_kit.patching import patcher, templates
 from tests import deb_support
 from tests.fakelinux import make_fake_buildable_tree
 
@@ -165,7 +166,7 @@ def test_an_unpatched_tree_is_refused(tree):
 
 
 def test_missing_packages_are_named_as_apt_packages(monkeypatch):
-    from memuse_kit.kernel_version import KernelVersion
+    from memuse_kit.trees.kernel_version import KernelVersion
 
     monkeypatch.setattr(
         preflight,
@@ -177,7 +178,7 @@ def test_missing_packages_are_named_as_apt_packages(monkeypatch):
 
 
 def test_requirements_follow_the_kernel_version(monkeypatch):
-    from memuse_kit.kernel_version import KernelVersion
+    from memuse_kit.trees.kernel_version import KernelVersion
 
     reqs = (preflight.Requirement("new-pkg", command="no-such-command-xyz", since=(7, 0)),)
     assert preflight.missing_packages(KernelVersion(6, 1, 0), reqs) == []
@@ -185,7 +186,7 @@ def test_requirements_follow_the_kernel_version(monkeypatch):
 
 
 def test_tools_in_sbin_count_for_a_user_whose_path_lacks_it(monkeypatch, tmp_path):
-    from memuse_kit.kernel_version import KernelVersion
+    from memuse_kit.trees.kernel_version import KernelVersion
 
     sbin = tmp_path / "sbin"
     sbin.mkdir()

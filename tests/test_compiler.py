@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import compiler
-from memuse_kit.errors import KitError
-from memuse_kit.kernel_version import KernelVersion
+from memuse_kit.building import compiler
+from memuse_kit.core.errors import KitError
+from memuse_kit.trees.kernel_version import KernelVersion
 
 
 def fake_compilers(directory: Path, *names: str) -> None:

@@ -14,11 +14,11 @@ from typing import Iterator
 import pytest
 from invoke.exceptions import Exit
 
-from memuse_kit import fetch, sources, workspace
 from memuse_kit.cli import one_line_errors
-from memuse_kit.download import Unreachable
-from memuse_kit.errors import KitError
-from memuse_kit.sources import Distribution, GitSource
+from memuse_kit.core.errors import KitError
+from memuse_kit.trees import fetch, sources, workspace
+from memuse_kit.trees.download import Unreachable
+from memuse_kit.trees.sources import Distribution, GitSource
 from tests.fakelinux import make_fake_tree
 from tests.fetch_support import (
     Archive,

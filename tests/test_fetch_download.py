@@ -6,14 +6,14 @@ import io
 
 import pytest
 
-from memuse_kit.download import (
+from memuse_kit.core.errors import KitError
+from memuse_kit.trees.download import (
     ATTEMPTS,
     TransferProgress,
     Unreachable,
     fetch_file,
     parse_sha256sums,
 )
-from memuse_kit.errors import KitError
 from tests.fetch_support import FileServer, clearsigned_sums, closed_port_url, sha256
 
 DATA = bytes(range(256)) * 4096 * 3  # 3 MiB: several chunks

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import sources
-from memuse_kit.debsource import Apt
-from memuse_kit.runner import Runner
-from memuse_kit.sources import Distribution
+from memuse_kit.core.runner import Runner
+from memuse_kit.trees import sources
+from memuse_kit.trees.debsource import Apt
+from memuse_kit.trees.sources import Distribution
 
 COORDS = sources.load_coordinates()
 KEYRING = re.search(r"signed-by=(\S+)", COORDS.debian.options)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from memuse_kit import sources
-from memuse_kit.errors import KitError
-from memuse_kit.sources import Distribution, apt_plan, fallback_spec, parse_spec
+from memuse_kit.core.errors import KitError
+from memuse_kit.trees import sources
+from memuse_kit.trees.sources import Distribution, apt_plan, fallback_spec, parse_spec
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,12 @@ from typing import List
 
 import pytest
 
-from memuse_kit import install, patcher, preflight
-from memuse_kit.build import BuildOptions, build
-from memuse_kit.errors import KitError
-from memuse_kit.runner import Runner
+from memuse_kit.building import preflight
+from memuse_kit.building.build import BuildOptions, build
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.runner import Runner
+from memuse_kit.installing import install
+from memuse_kit.patching import patcher
 from tests.fakelinux import make_fake_buildable_tree
 
 UUID = "0f3c1a2b-1111-2222-3333-444455556666"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memuse_kit import kconfig
+from memuse_kit.building import kconfig
 
 
 def test_panic_reboot_goes_on_an_empty_builtin_command_line():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import compiler, kconfig
-from memuse_kit.kernel_version import read_tree_version
-from memuse_kit.runner import Runner
+from memuse_kit.building import compiler, kconfig
+from memuse_kit.core.runner import Runner
+from memuse_kit.trees.kernel_version import read_tree_version
 from tests.kernel_trees import cached_tree
 
 pytestmark = pytest.mark.slow

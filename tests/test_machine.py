@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from memuse_kit import machine
-from memuse_kit.errors import KitError
-from memuse_kit.install import grub_entry_id
-from memuse_kit.machine_image import Recipe
+from memuse_kit.core.errors import KitError
+from memuse_kit.installing.install import grub_entry_id
+from memuse_kit.trying import machine
+from memuse_kit.trying.machine_image import Recipe
 
 pytestmark = [
     pytest.mark.slow,

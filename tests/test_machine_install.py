@@ -18,11 +18,12 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-from memuse_kit import install, machine
-from memuse_kit.build import BuildOptions, build
-from memuse_kit.builddir import BuildDir
-from memuse_kit.pipeline import ensure_patched
-from memuse_kit.vm import prebuilt_scenarios
+from memuse_kit.building.build import BuildOptions, build
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.building.pipeline import ensure_patched
+from memuse_kit.installing import install
+from memuse_kit.trying import machine
+from memuse_kit.trying.vm import prebuilt_scenarios
 from tests import machine_support as kit
 from tests.guest_support import is_report
 from tests.kernel_trees import cached_tree

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import machine, machine_image
-from memuse_kit.errors import KitError
-from memuse_kit.machine_image import MachineImage, Recipe
+from memuse_kit.core.errors import KitError
+from memuse_kit.trying import machine, machine_image
+from memuse_kit.trying.machine_image import MachineImage, Recipe
 
 
 @pytest.fixture

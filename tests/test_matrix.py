@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from memuse_client import smaps
-from memuse_kit import compiler, patcher, patchfile
+from memuse_kit.building import compiler
+from memuse_kit.patching import patcher, patchfile
 from tests.kernel_trees import (
     MATRIX_SOURCES,
     UPSTREAM_66_ENV,

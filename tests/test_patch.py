@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import patcher, patchfile, templates
-from memuse_kit.errors import KitError
+from memuse_kit.core.errors import KitError
+from memuse_kit.patching import patcher, patchfile, templates
 from tests.fakelinux import make_fake_tree, mtimes, snapshot
 
 SYS_C = "kernel/sys.c"
@@ -144,7 +144,7 @@ def test_a_missing_required_file_is_named(tree):
 
 
 def test_a_failed_write_leaves_no_half_patched_tree(tree, monkeypatch):
-    from memuse_kit import atomic
+    from memuse_kit.core import atomic
 
     pristine = {k: v for k, v in snapshot(tree).items()}
     real = atomic.write_atomic

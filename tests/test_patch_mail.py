@@ -9,7 +9,7 @@ from typing import Dict
 
 import pytest
 
-from memuse_kit import patch_step, patcher, patchfile, shipped
+from memuse_kit.patching import patch_step, patcher, patchfile, shipped
 from tests.fakelinux import make_fake_tree, mtimes, snapshot
 
 SHIPPED = sorted(patchfile.PATCHES_DIR.glob("memuse-*.patch"))

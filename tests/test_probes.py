@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import patcher, patchfile, probes, shipped
-from memuse_kit.errors import KitError
-from memuse_kit.probes import TreeFacts
+from memuse_kit.core.errors import KitError
+from memuse_kit.patching import patcher, patchfile, probes, shipped
+from memuse_kit.patching.probes import TreeFacts
 from tests.fakelinux import make_fake_tree, probed_files
 from tests.kernel_trees import UPSTREAM_66_ENV, UPSTREAM_511_ENV, cached_tree
 
@@ -95,7 +95,7 @@ def test_the_patch_header_records_the_probes_and_the_check_reads_them(tmp_path):
 
 
 def test_no_probed_file_is_one_memuse_kit_edits():
-    from memuse_kit.targets import TARGETS
+    from memuse_kit.patching.targets import TARGETS
 
     assert not set(probes.PROBED_FILES) & {t.path for t in TARGETS}
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from memuse_kit.runner import CommandTimeout, Runner
+from memuse_kit.core.runner import CommandTimeout, Runner
 
 
 def test_stream_hands_every_line_to_the_sinks_and_returns_the_status():

@@ -13,8 +13,8 @@ from typing import List
 
 import pytest
 
-from memuse_kit import fetch
-from memuse_kit.builddir import BuildDir
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.trees import fetch
 from tests.fakelinux import make_fake_buildable_tree
 from tests.safety_support import REPO, fingerprint, invoke, invoke_here, run_all, tool_env
 

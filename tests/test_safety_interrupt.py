@@ -22,8 +22,8 @@ from typing import Callable, Dict
 
 import pytest
 
-from memuse_kit import patch_step, patcher
-from memuse_kit.safety import TMP_PREFIX
+from memuse_kit.core.safety import TMP_PREFIX
+from memuse_kit.patching import patch_step, patcher
 from tests.fakelinux import make_fake_tree
 
 RUNS = 120

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from memuse_kit.download import Unreachable
+from memuse_kit.trees.download import Unreachable
 from tests.fetch_support import Archive, coordinates
 from tests.test_fetch import (  # the fixtures and publishers of the fetch tests
     cache,  # noqa: F401

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from invoke.exceptions import Exit
 
-from memuse_kit import fetch, patch_step, patcher, patchfile, sources, workspace
 from memuse_kit.cli import one_line_errors
-from memuse_kit.errors import KitError
-from memuse_kit.safety import check_output_path, describe_os_error
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.safety import check_output_path, describe_os_error
+from memuse_kit.patching import patch_step, patcher, patchfile
+from memuse_kit.trees import fetch, sources, workspace
 from tests.fakelinux import make_fake_tree, snapshot
 from tests.safety_support import fingerprint
 

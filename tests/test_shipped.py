@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit import patcher, patchfile, shipped, templates
+from memuse_kit.patching import patcher, patchfile, shipped, templates
 from tests.fakelinux import make_fake_tree
 
 EXPECTED_SERIES = {"5.10", "5.11", "6.1", "6.12", "7.2"}

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from memuse_kit import syscall_tables as tables
-from memuse_kit.errors import KitError
+from memuse_kit.core.errors import KitError
+from memuse_kit.patching import syscall_tables as tables
 
 X86 = tables.X86_64_TABLE
 

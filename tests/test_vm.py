@@ -19,12 +19,12 @@ from typing import Dict, List, Set, Tuple
 
 import pytest
 
-from memuse_kit import artifacts, kconfig
-from memuse_kit.build import BuildOptions, build
-from memuse_kit.builddir import BuildDir
-from memuse_kit.module import build_module
-from memuse_kit.pipeline import ensure_patched
-from memuse_kit.vm import VmOptions, VmResult, run_vm
+from memuse_kit.building import artifacts, kconfig
+from memuse_kit.building.build import BuildOptions, build
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.building.pipeline import ensure_patched
+from memuse_kit.trying.module import build_module
+from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
 from tests import deb_support
 from tests.guest_support import is_report
 from tests.kernel_trees import cached_tree

@@ -3,9 +3,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from memuse_kit.builddir import BuildDir
-from memuse_kit.vm import DEFAULT_COMMAND, ConsoleReader, VmOptions, guest_script, vng_command
-from memuse_kit.vm_step import guest_command
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.trying.vm import (
+    DEFAULT_COMMAND,
+    ConsoleReader,
+    VmOptions,
+    guest_script,
+    vng_command,
+)
+from memuse_kit.trying.vm_step import guest_command
 
 
 def test_quoted_arguments_after_the_double_dash_survive():

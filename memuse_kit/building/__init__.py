@@ -1,0 +1,1 @@
+"""memuse-kit, building: compiler, configuration, checks, make, packages and the build record."""

@@ -1,0 +1,75 @@
+"""Packages out of bindeb-pkg: image and headers kept, linux-libc-dev set apart, all summed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from memuse_kit.building.builddir import BuildDir
+
+KEEP = ("linux-image-", "linux-headers-")
+SUMS = "SHA256SUMS"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_kept(name: str) -> bool:
+    return name.startswith(KEEP) and "-dbg_" not in name
+
+
+def collect(bd: BuildDir) -> List[Path]:
+    """Move fresh packages from the build root into artifacts/, replacing the previous ones."""
+    fresh = sorted(bd.root.glob("*.deb"))
+    if not fresh:
+        return kept_packages(bd)
+    if bd.artifacts.exists():
+        shutil.rmtree(bd.artifacts)
+    bd.extra_artifacts.mkdir(parents=True)
+    for deb in fresh:
+        target = bd.artifacts if _is_kept(deb.name) else bd.extra_artifacts
+        os.replace(deb, target / deb.name)
+    for leftover in [*bd.root.glob("*.buildinfo"), *bd.root.glob("*.changes")]:
+        leftover.unlink()
+    kept = kept_packages(bd)
+    lines = [f"{sha256(p)}  {p.name}\n" for p in kept]
+    (bd.artifacts / SUMS).write_text("".join(lines))
+    return kept
+
+
+def kept_packages(bd: BuildDir) -> List[Path]:
+    if not bd.artifacts.is_dir():
+        return []
+    return sorted(p for p in bd.artifacts.glob("*.deb") if _is_kept(p.name))
+
+
+def image_package(bd: BuildDir, release: str) -> Optional[Path]:
+    matches = [p for p in kept_packages(bd) if p.name.startswith(f"linux-image-{release}_")]
+    return matches[0] if matches else None
+
+
+def packages_up_to_date(bd: BuildDir, release: str) -> bool:
+    """True when the image package is newer than the kernel image and every module."""
+    deb = image_package(bd, release)
+    if deb is None or not bd.image().is_file():
+        return False
+    newest = max([bd.image().stat().st_mtime, *(k.stat().st_mtime for k in bd.obj.rglob("*.ko"))])
+    return deb.stat().st_mtime >= newest
+
+
+def verify_sums(bd: BuildDir) -> Dict[str, bool]:
+    sums = bd.artifacts / SUMS
+    result = {}
+    for line in sums.read_text().splitlines() if sums.is_file() else []:
+        digest, name = line.split(maxsplit=1)
+        path = bd.artifacts / name
+        result[name] = path.is_file() and sha256(path) == digest
+    return result

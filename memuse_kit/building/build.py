@@ -1,0 +1,306 @@
+"""`invoke build`: configure, compile and package the patched kernel, recording everything."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from memuse_kit.building import artifacts, compiler, kconfig, preflight
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.building.metadata import BuildRecord, now
+from memuse_kit.building.progress import BuildProgress
+from memuse_kit.core import atomic
+from memuse_kit.core.cache import ccache_dir
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import say, warn
+from memuse_kit.core.runner import Runner
+from memuse_kit.patching import patcher, probes
+from memuse_kit.trees.kernel_version import KernelVersion, read_tree_version
+
+
+@dataclass
+class BuildOptions:
+    tree: Path
+    config: str = "running"
+    fragments: Sequence[str] = ()
+    debug_info: bool = False
+    reconfigure: bool = False
+    keep_config: bool = False
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    dry_run: bool = False
+    use_ccache: bool = True
+    source: Optional[dict] = None
+    planned_nr: Optional[int] = None  # a dry run's number for a tree it did not patch
+    localmodconfig: bool = False
+    lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
+
+    @property
+    def label(self) -> str:
+        """Names the build directory: a trimmed configuration is a build of its own."""
+        trimmed = self.localmodconfig or self.lsmod is not None
+        return f"{self.config}-localmodconfig" if trimmed else self.config
+
+
+@dataclass
+class BuildResult:
+    build_dir: BuildDir
+    release: str
+    packages: List[Path]
+    compiled: int
+
+
+def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
+    return ["make", f"O={bd.obj}", f"-j{jobs}", *cc.make_args()]
+
+
+def _env(cc: compiler.Compiler, tree: Path) -> dict:
+    # A fixed build number and a timestamp that moves only when the memuse edits do keep
+    # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
+    stamp = patcher.patched_at(tree)
+    env = {
+        "KBUILD_BUILD_USER": "memuse-kit",
+        "KBUILD_BUILD_HOST": "memuse-kit",
+        "KBUILD_BUILD_VERSION": "1",
+    }
+    if stamp:
+        env["KBUILD_BUILD_TIMESTAMP"] = formatdate(stamp, usegmt=True)
+    path = preflight.tool_path()
+    if path != os.environ.get("PATH"):
+        env["PATH"] = path  # modules_install runs depmod, which is in /usr/sbin
+    if cc.ccache:
+        env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(ccache_dir()))
+    return env
+
+
+def _estimate(bd: BuildDir, previous: dict) -> int:
+    if previous.get("objects_total"):
+        return int(previous["objects_total"])
+    # the first build of a directory has only the configuration to go by
+    return kconfig.estimated_objects(bd.obj / ".config")
+
+
+def _pkg_version(kernel: KernelVersion) -> str:
+    # fixed, so an unchanged tree gives byte-identical package names and versions
+    return f"{kernel.major}.{kernel.minor}.{kernel.sublevel}-1"
+
+
+class Builder:
+    def __init__(self, options: BuildOptions) -> None:
+        self.options = options
+        self.tree = options.tree
+        self.runner = Runner(dry_run=options.dry_run)
+        self.kernel = read_tree_version(self.tree)
+        self.bd = BuildDir.for_tree(self.tree, options.label)
+        self.previous = self.bd.read_metadata()
+        self.record = BuildRecord(self.bd, dry_run=options.dry_run)
+        self.cc: Optional[compiler.Compiler] = None
+
+    def _precondition(self, check: Callable[[], object]) -> None:
+        """A check that stops a real build; a dry run notes it and goes on with the plan."""
+        try:
+            check()
+        except KitError as error:
+            if not self.options.dry_run:
+                raise
+            say(f"# a real build would stop here: {error}")
+
+    def _compiler(self) -> compiler.Compiler:
+        try:
+            return compiler.pick(self.kernel, self.options.use_ccache)
+        except KitError as error:
+            if not self.options.dry_run:
+                raise
+            say(f"# a real build would stop here: {error}")
+            return compiler.Compiler(compiler.rule_for(self.kernel).candidates[0], "?", None)
+
+    def preflight(self) -> None:
+        self._precondition(preflight.check_not_root)
+        self._precondition(lambda: preflight.check_packages(self.kernel))
+        self._precondition(lambda: preflight.check_disk(self.bd.root, self.options.config))
+        self.cc = self._compiler()
+        nr = patcher.recorded_number(self.tree)
+        if nr is None and self.options.dry_run:
+            nr = self.options.planned_nr
+        if nr is None:
+            raise KitError(f"{self.tree} is not patched yet: run invoke patch --tree {self.tree}")
+        pahole = preflight.pahole_version()
+        btf_ok, btf_why = preflight.btf_suits(self.kernel, pahole)
+        if self.options.debug_info and not btf_ok:
+            warn(f"BTF stays off: {btf_why}")
+        self.btf_ok = btf_ok
+        with_ccache = " + ccache" if self.cc.ccache else ""
+        say(
+            f"building Linux {self.kernel} (memuse = syscall {nr}) with {self.cc.command} "
+            f"{self.cc.version}{with_ccache}, config {self.options.config}"
+        )
+        self.record.update(
+            kernel_version=str(self.kernel),
+            syscall_nr=nr,
+            probes=probes.probe_tree(self.tree).as_dict(),
+            tree=str(self.tree),
+            source=self.options.source,
+            config={
+                "name": self.options.config,
+                "fragments": list(self.options.fragments),
+                "sha256": self.previous.get("config", {}).get("sha256"),
+            },
+            compiler={
+                "command": self.cc.command,
+                "version": self.cc.version,
+                "ccache": bool(self.cc.ccache),
+            },
+            pahole=".".join(map(str, pahole)) if pahole else None,
+            debug_info=self.options.debug_info,
+            log=str(self.bd.log),
+        )
+
+    def configure(self) -> None:
+        assert self.cc is not None
+        written = self.previous.get("config", {}).get("sha256")
+        if self.options.keep_config:
+            if not (self.bd.obj / ".config").is_file():
+                raise KitError(f"--keep-config: {self.bd.obj / '.config'} does not exist yet")
+            # still what memuse-kit wrote last, so a later run knows the user's edits
+            self.record.data["config"]["sha256"] = written
+            return
+        profile = kconfig.profile_for(self.options.config)
+        lsmod = self._module_list()
+        request = kconfig.ConfigRequest(
+            tree=self.tree,
+            obj=self.bd.obj,
+            kernel=self.kernel,
+            compiler=self.cc,
+            profile=profile,
+            fragments=kconfig.fragment_paths(profile, self.options.fragments),
+            debug_info=self.options.debug_info,
+            btf_ok=self.btf_ok,
+            lsmod=lsmod,
+        )
+        candidate = kconfig.generate(request, self.runner)
+        if self.runner.dry_run:
+            return
+        kconfig.suggest_trimming(candidate, profile, lsmod)
+        digest = kconfig.adopt(self.bd.obj, candidate, written, self.options.reconfigure)
+        self.record.data["config"]["sha256"] = digest
+
+    def _module_list(self) -> Optional[Path]:
+        """The lsmod list localmodconfig trims to, kept in the build directory and recorded."""
+        if self.options.lsmod is not None:
+            given = Path(self.options.lsmod).expanduser()
+            if not given.is_file():
+                raise KitError(f"--lsmod {self.options.lsmod}: no such file (save lsmod > FILE)")
+            listing = given.read_bytes()
+        elif self.options.localmodconfig:
+            listing = Path("/proc/modules").read_bytes()
+        else:
+            return None
+        kept = self.bd.root / "lsmod.txt"
+        if not self.runner.dry_run:
+            atomic.write_if_changed(kept, listing)
+        self.record.update(
+            localmodconfig={"modules": len(listing.splitlines()), "lsmod": str(kept)}
+        )
+        return kept
+
+    def compile(self) -> int:
+        assert self.cc is not None
+        estimate = 1 if self.runner.dry_run else _estimate(self.bd, self.previous)
+        progress = BuildProgress("build", estimate)
+        status = self._stream([*_make(self.bd, self.cc, self.options.jobs)], progress)
+        self.record.update(objects_compiled=progress.steps)
+        if progress.steps > estimate // 2:
+            self.record.update(objects_total=progress.steps)
+        else:
+            self.record.update(objects_total=self.previous.get("objects_total"))
+        self._check(status, progress, "compiling the kernel")
+        return progress.steps
+
+    def package(self) -> List[Path]:
+        assert self.cc is not None
+        release = self.bd.kernel_release() or ""
+        if not self.runner.dry_run and artifacts.packages_up_to_date(self.bd, release):
+            say("packages are up to date")
+            return artifacts.kept_packages(self.bd)
+        for stale in [] if self.runner.dry_run else self.bd.root.glob("*.deb"):
+            stale.unlink()
+        cmd = [
+            *_make(self.bd, self.cc, self.options.jobs),
+            f"KDEB_PKGVERSION={_pkg_version(self.kernel)}",
+        ]
+        progress = BuildProgress("package", 1)
+        status = self._stream([*cmd, "bindeb-pkg"], progress)
+        self._check(status, progress, "packaging (bindeb-pkg)")
+        return artifacts.collect(self.bd)
+
+    def _stream(self, cmd: List[str], progress: BuildProgress) -> int:
+        assert self.cc is not None
+        if self.runner.dry_run:
+            return self.runner.stream(cmd, cwd=self.tree, env=_env(self.cc, self.tree))
+        with self.bd.log.open("a") as log:
+            status = self.runner.stream(
+                cmd, cwd=self.tree, env=_env(self.cc, self.tree), sinks=[progress.feed], log=log
+            )
+        progress.close(status == 0)
+        return status
+
+    def _announce(self, step: str) -> None:
+        if self.runner.dry_run:
+            say(f"# {step} (dry run: printed, not run)")
+
+    def _check(self, status: int, progress: BuildProgress, what: str) -> None:
+        if status == 0:
+            return
+        self.record.update(error=progress.errors[:10])
+        for line in progress.errors[:10]:
+            print(f"  {line}", file=sys.stderr)
+        raise KitError(f"{what} failed (status {status}); full log: {self.bd.log}")
+
+    def run(self) -> BuildResult:
+        if not self.runner.dry_run:
+            self.bd.root.mkdir(parents=True, exist_ok=True)
+            if self.bd.log.exists():
+                shutil.move(str(self.bd.log), str(self.bd.log) + ".1")
+        try:
+            with self.record.phase("preflight"):
+                self.preflight()
+            if not self.runner.dry_run:
+                self.record.write()
+            with self.record.phase("config"):
+                self._announce("configure")
+                self.configure()
+            with self.record.phase("kernel"):
+                self._announce("compile")
+                compiled = self.compile()
+            with self.record.phase("package"):
+                self._announce("package")
+                packages = self.package()
+            self.record.update(
+                status="success",
+                kernel_release=self.bd.kernel_release(),
+                artifacts=[{"file": p.name, "sha256": artifacts.sha256(p)} for p in packages],
+            )
+            return BuildResult(self.bd, self.bd.kernel_release() or "", packages, compiled)
+        except BaseException as error:
+            self.record.update(status="failed", failure=str(error) or type(error).__name__)
+            raise
+        finally:
+            self.record.update(finished=now(), kernel_release=self.bd.kernel_release())
+            if not self.runner.dry_run:
+                self.record.write()
+
+
+def build(options: BuildOptions) -> BuildResult:
+    result = Builder(options).run()
+    if options.dry_run:
+        return result
+    if result.compiled == 0:
+        say("nothing to compile: the kernel was up to date")
+    say(f"kernel {result.release}: packages in {result.build_dir.artifacts}")
+    for package in result.packages:
+        say(f"  {package.name}")
+    return result

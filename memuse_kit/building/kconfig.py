@@ -1,0 +1,238 @@
+"""The kernel configuration of a build: a profile or a file, fragments, then sanitizing.
+
+The configuration is generated next to the real one (KCONFIG_CONFIG=.config.memuse-new)
+and only replaces obj/.config when it differs, so an unchanged configuration never
+triggers a rebuild, and a .config the user edited is never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from memuse_kit.building.compiler import Compiler
+from memuse_kit.core import atomic
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import warn
+from memuse_kit.core.runner import Runner
+from memuse_kit.patching.templates import TEMPLATES_DIR
+from memuse_kit.trees.kernel_version import KernelVersion
+
+CANDIDATE = ".config.memuse-new"
+LOCALVERSION = "-memuse"
+# Seconds a memuse kernel waits after a panic before it reboots (initramfs-tools honours the
+# same panic= when it cannot find the root disk): a kernel that cannot come up reboots by
+# itself, GRUB's one-shot entry is used up, and the machine comes back on its old kernel.
+PANIC_REBOOT_SECONDS = 10
+# Objects a built-in option compiles (1993 objects for the 1257 options of the 7.2 vm
+# build), and a module option: its objects plus the .mod.o modpost adds (an estimate); the
+# size past which a build from a distribution's configuration gets the suggestion to trim it
+OBJECTS_PER_BUILTIN = 1.6
+OBJECTS_PER_MODULE = 3.0
+LARGE_CONFIG_OBJECTS = 10_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    base: str  # "defconfig", "running" or a path
+    fragments: Tuple[str, ...] = ()
+    description: str = ""
+
+
+PROFILES: Dict[str, Profile] = {
+    "running": Profile("running", (), "the running kernel's /boot/config-$(uname -r)"),
+    "vm": Profile("defconfig", ("vm.config", "debug.config"), "small VM kernel, KASAN and lockdep"),
+    "vm-nodebug": Profile("defconfig", ("vm.config",), "small VM kernel without debug checks"),
+}
+
+_OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
+
+
+def default_config() -> str:
+    """On a host with its kernel's config, build like the running kernel; else the VM kernel."""
+    return "running" if running_config_path().is_file() else "vm"
+
+
+def profile_for(config: str) -> Profile:
+    if config in PROFILES:
+        return PROFILES[config]
+    path = Path(config).expanduser()
+    if not path.is_file():
+        raise KitError(f"--config {config}: not one of {', '.join(PROFILES)} and not a file")
+    return Profile(str(path.resolve()))
+
+
+def fragment_paths(profile: Profile, extra: Sequence[str]) -> List[Path]:
+    paths = [TEMPLATES_DIR / "config" / name for name in profile.fragments]
+    for item in extra:
+        path = Path(item).expanduser()
+        if not path.is_file():
+            raise KitError(f"config fragment {item} does not exist")
+        paths.append(path.resolve())
+    return paths
+
+
+def parse_options(text: str) -> Dict[str, str]:
+    """CONFIG_X -> value ('n' for '# ... is not set' and '=n')."""
+    options = {}
+    for line in text.splitlines():
+        match = _OPTION.match(line.strip())
+        if match and match.group(1):
+            options[match.group(1)] = match.group(2)
+        elif match:
+            options[match.group(3)] = "n"
+    return options
+
+
+def running_config_path() -> Path:
+    return Path("/boot") / f"config-{os.uname().release}"
+
+
+def sanitize_args(kernel: KernelVersion, debug_info: bool, btf_ok: bool) -> List[str]:
+    """scripts/config arguments applied to every configuration."""
+    args = [
+        "--set-str", "SYSTEM_TRUSTED_KEYS", "",
+        "--set-str", "SYSTEM_REVOCATION_KEYS", "",
+        "--set-str", "LOCALVERSION", LOCALVERSION,
+        "--disable", "LOCALVERSION_AUTO",
+    ]  # fmt: skip
+    if debug_info:
+        flag = "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT" if kernel.at_least(5, 18) else "DEBUG_INFO"
+        args += ["--disable", "DEBUG_INFO_NONE", "--enable", flag]
+    else:
+        args += ["--enable", "DEBUG_INFO_NONE", "--disable", "DEBUG_INFO"]
+        args += ["--disable", "DEBUG_INFO_DWARF4", "--disable", "DEBUG_INFO_DWARF5"]
+        args += ["--disable", "DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT"]
+    if not (debug_info and btf_ok):
+        args += ["--disable", "DEBUG_INFO_BTF"]
+    return args
+
+
+def cmdline_args(current: Optional[str]) -> List[str]:
+    """scripts/config arguments that put panic=N on the kernel's built-in command line (x86
+    prepends it to the boot loader's), keeping a built-in command line the config has."""
+    words = (current or '""').strip('"').split()
+    if not any(word.startswith("panic=") for word in words):
+        words.append(f"panic={PANIC_REBOOT_SECONDS}")
+    return ["--enable", "CMDLINE_BOOL", "--set-str", "CMDLINE", " ".join(words)]
+
+
+@dataclass
+class ConfigRequest:
+    tree: Path
+    obj: Path
+    kernel: KernelVersion
+    compiler: Compiler
+    profile: Profile
+    fragments: List[Path]
+    debug_info: bool = False
+    btf_ok: bool = False
+    # lsmod output (or /proc/modules) to trim the configuration to with make localmodconfig
+    lsmod: Optional[Path] = None
+
+
+def localmodconfig(request: ConfigRequest, candidate: Path, runner: Runner) -> None:
+    """Trim the candidate to the modules in request.lsmod with the kernel's own localmodconfig.
+
+    localmodconfig works on the .config of its O= directory, so it runs in a scratch one
+    beside obj/ and the result is copied back; modules the list names stay modules.
+    """
+    assert request.lsmod is not None
+    scratch = request.obj.parent / "localmodconfig"
+    make = ["make", f"O={scratch}", *request.compiler.make_args()]
+    runner.run([*make, f"KCONFIG_CONFIG={candidate}", "olddefconfig"], cwd=request.tree)
+    if not runner.dry_run:
+        scratch.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(scratch / ".config", candidate.read_bytes())
+    runner.run([*make, f"LSMOD={request.lsmod}", "localmodconfig"], cwd=request.tree)
+    if not runner.dry_run:
+        atomic.write_atomic(candidate, (scratch / ".config").read_bytes())
+
+
+def generate(request: ConfigRequest, runner: Runner) -> Path:
+    """Write obj/.config.memuse-new from the request; returns its path."""
+    obj, tree = request.obj, request.tree
+    if not runner.dry_run:
+        obj.mkdir(parents=True, exist_ok=True)
+    candidate = obj / CANDIDATE
+    make = ["make", f"O={obj}", *request.compiler.make_args(), f"KCONFIG_CONFIG={CANDIDATE}"]
+    base = request.profile.base
+    if base == "defconfig":
+        runner.run([*make, "defconfig"], cwd=tree)
+    else:
+        source = running_config_path() if base == "running" else Path(base)
+        if not source.is_file():
+            raise KitError(f"{source} does not exist: pass --config vm or --config FILE")
+        if not runner.dry_run:
+            atomic.write_atomic(candidate, source.read_bytes())
+    if request.lsmod is not None:
+        localmodconfig(request, candidate, runner)
+    if request.fragments:
+        merge = [str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj)]
+        merge += [str(candidate), *map(str, request.fragments)]
+        runner.run(merge, cwd=tree, env={"KCONFIG_CONFIG": str(candidate)})
+    edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
+    current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
+    edits += cmdline_args(current)
+    runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
+    runner.run([*make, "olddefconfig"], cwd=tree)
+    if not runner.dry_run:
+        _warn_unmet(candidate, request.fragments)
+    return candidate
+
+
+def _warn_unmet(candidate: Path, fragments: Sequence[Path]) -> None:
+    final = parse_options(candidate.read_text())
+    for fragment in fragments:
+        for name, wanted in parse_options(fragment.read_text()).items():
+            got = final.get(name, "n")
+            if got != wanted and not (wanted == "n" and name not in final):
+                warn(f"{fragment.name}: {name}={wanted} requested, the tree gives {got}")
+
+
+def estimated_objects(config: Path) -> int:
+    """Objects a configuration compiles, roughly, from its built-in and module options."""
+    values = list(parse_options(config.read_text()).values())
+    builtins, modules = values.count("y"), values.count("m")
+    return int(builtins * OBJECTS_PER_BUILTIN + modules * OBJECTS_PER_MODULE)
+
+
+def suggest_trimming(config: Path, profile: Profile, lsmod: Optional[Path]) -> None:
+    """A distribution's configuration builds thousands of modules nobody loads: say so."""
+    if lsmod is not None or profile.base == "defconfig":
+        return
+    objects = estimated_objects(config)
+    if objects > LARGE_CONFIG_OBJECTS:
+        warn(
+            f"this configuration compiles about {objects} objects (hours on a laptop); "
+            "--localmodconfig trims it to the modules loaded now (make localmodconfig)"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def adopt(obj: Path, candidate: Path, last_written: Optional[str], reconfigure: bool) -> str:
+    """Make the candidate obj/.config unless the user edited the current one; returns its hash."""
+    current = obj / ".config"
+    new_hash = sha256_file(candidate)
+    if current.is_file():
+        current_hash = sha256_file(current)
+        if current_hash == new_hash:
+            candidate.unlink()
+            return new_hash
+        if last_written and current_hash != last_written and not reconfigure:
+            raise KitError(
+                f"{current} was edited since memuse-kit wrote it; build it as it is with "
+                "--keep-config, or replace it with --reconfigure"
+            )
+        if last_written and current_hash != last_written:
+            atomic.write_atomic(obj / ".config.edited", current.read_bytes())
+            warn(f"your edited configuration is saved as {obj / '.config.edited'}")
+    os.replace(candidate, current)
+    return new_hash

@@ -1,0 +1,69 @@
+"""The chain behind `invoke build install`: each step skips itself when its output is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from memuse_kit.building import kconfig, preflight
+from memuse_kit.building.build import BuildOptions, BuildResult, build
+from memuse_kit.core.cache import builds_dir, trees_dir
+from memuse_kit.core.output import say
+from memuse_kit.patching import patcher
+from memuse_kit.patching.patch_step import clean_before_run
+from memuse_kit.trees.workspace import NotFetched, resolve_tree
+
+
+def ensure_patched(tree: Path, dry_run: bool = False) -> patcher.PatchPlan:
+    if not dry_run:
+        clean_before_run(tree)
+    plan = patcher.plan_patch(tree)
+    if not plan.changed:
+        say(f"{tree}: memuse (syscall {plan.nr}) already patched in")
+        return plan
+    if dry_run:
+        say(f"# patch: would patch {', '.join(f.path for f in plan.changed)} (syscall {plan.nr})")
+        return plan
+    patcher.apply_plan(plan)
+    say(f"{tree}: patched memuse in as syscall {plan.nr} ({len(plan.changed)} files)")
+    return plan
+
+
+def build_chain(
+    tree: Optional[str],
+    source: Optional[str],
+    config: str,
+    fragments: Sequence[str] = (),
+    **flags: object,
+) -> Optional[BuildResult]:
+    dry_run = bool(flags.get("dry_run"))
+    if not dry_run:
+        # what stops the build anyway stops it before anything is fetched or patched
+        preflight.check_not_root()
+        kconfig.fragment_paths(kconfig.profile_for(config), fragments)
+    try:
+        root = resolve_tree(tree, source, dry_run=dry_run)
+    except NotFetched as missing:
+        _plan_unfetched(missing.spec, config, fragments)
+        return None
+    plan = ensure_patched(root, dry_run=dry_run)
+    from memuse_kit.trees.fetch import source_record
+
+    options = BuildOptions(tree=root, config=config, fragments=tuple(fragments), **flags)  # type: ignore[arg-type]
+    options.source = source_record(root)
+    options.planned_nr = plan.nr
+    return build(options)
+
+
+def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:
+    """The whole plan of a build whose tree is not fetched yet: nothing can be run or read."""
+    kconfig.fragment_paths(kconfig.profile_for(config), fragments)  # the same checks as a build
+    extra = "".join(f" + {fragment}" for fragment in fragments)
+    for line in (
+        f"# fetch: would download and unpack {spec} into {trees_dir()}",
+        "# patch: would add memuse to the fetched tree (number chosen from its tables)",
+        f"# configure: would generate the {config}{extra} configuration in {builds_dir()}",
+        "# compile: would run make O=<build dir>/obj -j<jobs> in the tree",
+        "# package: would run make bindeb-pkg, packages into <build dir>/artifacts",
+    ):
+        say(line)

@@ -1,0 +1,1 @@
+"""memuse-kit, shared core: commands, files, cache and errors every stage uses."""

@@ -1,0 +1,13 @@
+"""What the tool tells its user: progress on stdout, warnings on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"memuse-kit: warning: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,1 @@
+"""memuse-kit, installing the built packages on this machine (dpkg, GRUB)."""

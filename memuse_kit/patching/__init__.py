@@ -1,0 +1,1 @@
+"""memuse-kit, patching: syscall tables, edit targets, templates, probes, the patch file."""

@@ -1,0 +1,1 @@
+"""memuse-kit, trying a kernel without installing it: QEMU, modules, the test machine."""

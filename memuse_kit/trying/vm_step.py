@@ -1,0 +1,101 @@
+"""Task glue for `invoke vm`, `module`, `install` and `uninstall`: find the build, then act."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional, Union
+
+from memuse_kit.building.builddir import BuildDir
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.options import parse_memory, parse_timeout
+from memuse_kit.core.runner import Runner
+from memuse_kit.installing import install as installer
+from memuse_kit.trees.workspace import check_not_empty, resolve_tree
+from memuse_kit.trying.module import build_module, module_source
+from memuse_kit.trying.vm import DEFAULT_COMMAND, VmOptions, run_vm
+
+
+def find_build(tree: Path, config: Optional[str]) -> BuildDir:
+    if config:
+        return BuildDir.for_tree(tree, config)
+    latest = BuildDir.latest_for_tree(tree)
+    if latest is None:
+        raise KitError(f"{tree} has no successful build yet: run invoke build --config vm")
+    return latest
+
+
+def guest_command(remainder: str, argv: List[str]) -> List[str]:
+    """The words after `--`. Invoke hands them over joined by spaces, which loses the quoting
+    of an argument like `sh -c 'a; b'`, so they are taken from argv when it has them."""
+    if "--" in argv:
+        words = argv[argv.index("--") + 1 :]
+        if " ".join(words) == remainder:
+            return words or list(DEFAULT_COMMAND)
+    return shlex.split(remainder) if remainder.strip() else list(DEFAULT_COMMAND)
+
+
+def vm_command(
+    tree: Optional[str],
+    source: Optional[str],
+    config: Optional[str],
+    remainder: str,
+    memory: str,
+    accel: str,
+    timeout: Union[str, float],
+    dry_run: bool,
+) -> int:
+    if accel not in ("auto", "kvm", "tcg"):
+        raise KitError(f"--accel {accel}: use auto, kvm or tcg")
+    seconds = parse_timeout(timeout)
+    size = parse_memory(memory)
+    check_not_empty(config, "--config")
+    root = resolve_tree(tree, source, dry_run=dry_run)
+    command = guest_command(remainder, sys.argv)
+    options = VmOptions(
+        build=find_build(root, config),
+        command=command,
+        memory=size,
+        accel=accel,
+        timeout=seconds,
+        dry_run=dry_run,
+    )
+    return run_vm(options).status
+
+
+def module_command(name: str, tree: Optional[str], config: Optional[str], dry_run: bool) -> None:
+    check_not_empty(name, "--name")
+    module_source(name)
+    check_not_empty(config, "--config")
+    root = resolve_tree(tree, None, dry_run=dry_run)
+    build_module(name, root, find_build(root, config), dry_run=dry_run)
+
+
+def install_command(
+    tree: Optional[str],
+    config: Optional[str],
+    default: bool,
+    dry_run: bool,
+    build_dir: Optional[str] = None,
+) -> None:
+    host, runner = installer.Host(), Runner(dry_run)
+    if build_dir:
+        if tree or config:
+            raise KitError("--build-dir names the packages itself: leave out --tree and --config")
+        handed_in = BuildDir(Path(build_dir).expanduser().resolve())
+        installer.install(handed_in, None, host, runner, default)
+        return
+    root = resolve_tree(tree, None, dry_run=dry_run)
+    installer.install(find_build(root, config), root, host, runner, default)
+
+
+def uninstall_command(
+    tree: Optional[str], config: Optional[str], release: Optional[str], dry_run: bool
+) -> None:
+    if not release:
+        root = resolve_tree(tree, None, dry_run=dry_run)
+        release = installer.release_of(find_build(root, config))
+    if not release:
+        raise KitError("no built kernel to name: pass --release")
+    installer.uninstall(release, installer.Host(), Runner(dry_run))
