@@ -12,13 +12,13 @@ headers plus kallsyms, must give that very number) and refused otherwise, unless
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Tuple
 
+from .build_record import FILE_NAME, BuildRecord, RecordError, read_record
 from .errors import MemuseUnavailable
 
 ENV_NR = "MEMUSE_NR"
@@ -80,23 +80,21 @@ def parse_override(text: str, what: str) -> int:
     return nr
 
 
-def matching_builds(release: str, root: Path) -> List[Tuple[dict, Path]]:
-    """Metadata of the builds whose kernel_release is `release`, best candidate first."""
+def matching_builds(release: str, root: Path) -> List[Tuple[BuildRecord, Path]]:
+    """Records of the builds of `release` that know memuse's number, best candidate first.
+
+    A record that cannot be read (damaged, or another memuse-kit's schema) is no evidence.
+    """
     found = []
-    for path in sorted((root / "builds").glob("*/metadata.json")):
+    for path in sorted((root / "builds").glob(f"*/{FILE_NAME}")):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = read_record(path)
+        except RecordError:
             continue
-        if not isinstance(data, dict) or data.get("kernel_release") != release:
-            continue
-        if isinstance(data.get("syscall_nr"), int) and not isinstance(data["syscall_nr"], bool):
-            found.append((data, path))
+        if record.kernel_release == release and record.number is not None:
+            found.append((record, path))
     # successful builds first, then the most recently finished
-    found.sort(
-        key=lambda item: (item[0].get("status") == "success", str(item[0].get("finished", ""))),
-        reverse=True,
-    )
+    found.sort(key=lambda item: (item[0].succeeded, str(item[0].finished)), reverse=True)
     return found
 
 
@@ -104,8 +102,9 @@ def number_from_metadata(release: str, root: Path) -> Optional[Tuple[int, Path]]
     builds = matching_builds(release, root)
     if not builds:
         return None
-    data, path = builds[0]
-    return int(data["syscall_nr"]), path
+    record, path = builds[0]
+    assert record.number is not None  # matching_builds keeps only those
+    return record.number, path
 
 
 def number_from_headers(paths: Iterable[Path]) -> Optional[Tuple[int, Path]]:

@@ -147,3 +147,10 @@ def test_default_header_paths_include_the_running_kernels_build_tree():
         "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
         "/usr/include/asm/unistd_64.h",
     ]
+
+
+def test_a_record_of_another_schema_is_no_evidence(env, tmp_path):
+    root = Path(env["MEMUSE_KIT_CACHE"])
+    write_build(root, "old", kernel_release=RELEASE, syscall_nr=470, status="success")
+    write_build(root, "new", kernel_release=RELEASE, syscall_nr=471, status="success", schema=2)
+    assert find(env, tmp_path).nr == 470

@@ -3,6 +3,7 @@ sequence is checked against a fake host (grub.cfg, /etc/default/grub, efivars)."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -399,3 +400,29 @@ def test_uninstall_of_the_last_memuse_kernel_removes_the_pin(newest, monkeypatch
         ["sudo", "grub-editenv", str(newest.grubenv), "unset", "saved_entry"],
         ["sudo", "update-grub"],
     ]
+
+
+def rewrite_record(bd, **fields) -> None:
+    data = json.loads(bd.metadata.read_text())
+    data.update(fields)
+    bd.metadata.write_text(json.dumps(data))
+
+
+def test_a_record_of_another_schema_is_one_line_and_nothing_runs(built, host):
+    tree, bd = built
+    rewrite_record(bd, schema=99)
+    system = FakeSystem(host)
+    with pytest.raises(KitError) as refused:
+        install.install(bd, tree, host, system)
+    assert "schema 99" in str(refused.value) and "\n" not in str(refused.value)
+    assert system.commands == []
+
+
+def test_a_record_from_before_the_schema_number_still_installs(built, host):
+    tree, bd = built
+    data = json.loads(bd.metadata.read_text())
+    assert data.pop("schema") == 1
+    bd.metadata.write_text(json.dumps(data))
+    system = FakeSystem(host)
+    install.install(bd, tree, host, system)
+    assert ["sudo", "dpkg", "-i", *debs(bd)] in system.commands

@@ -117,7 +117,9 @@ def say(text: str) -> None:
 
 
 def release_of(bd: BuildDir) -> str:
-    return str(bd.read_metadata()["kernel_release"])
+    record = bd.read_record()
+    assert record is not None and record.kernel_release
+    return record.kernel_release
 
 
 def kernel(m: machine.Machine) -> str:

@@ -127,9 +127,9 @@ def test_packages_hold_the_kernel_and_its_memuse_symbol(vm_kernel):
     assert f"./boot/vmlinuz-{release}" in listing.stdout
     system_map = (bd.obj / "System.map").read_text()
     assert " T __x64_sys_memuse\n" in system_map
-    meta = bd.read_metadata()
-    assert meta["status"] == "success" and meta["kernel_release"] == release
-    assert meta["syscall_nr"] == SYSCALL_NUMBERS[spec]
+    record = bd.read_record()
+    assert record is not None and record.succeeded and record.kernel_release == release
+    assert record.syscall_nr == SYSCALL_NUMBERS[spec]
 
 
 def test_packages_install_into_a_throwaway_root(vm_kernel, tmp_path):

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from memuse_kit.building.builddir import BuildDir
+from memuse_kit.core.digest import sha256_file
 
 KEEP = ("linux-image-", "linux-headers-")
 SUMS = "SHA256SUMS"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_kept(name: str) -> bool:
@@ -40,7 +32,7 @@ def collect(bd: BuildDir) -> List[Path]:
     for leftover in [*bd.root.glob("*.buildinfo"), *bd.root.glob("*.changes")]:
         leftover.unlink()
     kept = kept_packages(bd)
-    lines = [f"{sha256(p)}  {p.name}\n" for p in kept]
+    lines = [f"{sha256_file(p)}  {p.name}\n" for p in kept]
     (bd.artifacts / SUMS).write_text("".join(lines))
     return kept
 
@@ -71,5 +63,5 @@ def verify_sums(bd: BuildDir) -> Dict[str, bool]:
     for line in sums.read_text().splitlines() if sums.is_file() else []:
         digest, name = line.split(maxsplit=1)
         path = bd.artifacts / name
-        result[name] = path.is_file() and sha256(path) == digest
+        result[name] = path.is_file() and sha256_file(path) == digest
     return result

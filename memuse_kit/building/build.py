@@ -10,12 +10,15 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from memuse_client.build_record import BuildRecord
 from memuse_kit.building import artifacts, compiler, kconfig, preflight
 from memuse_kit.building.builddir import BuildDir
-from memuse_kit.building.metadata import BuildRecord, now
+from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
 from memuse_kit.core import atomic
 from memuse_kit.core.cache import ccache_dir
+from memuse_kit.core.clock import now
+from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import say, warn
 from memuse_kit.core.runner import Runner
@@ -77,9 +80,19 @@ def _env(cc: compiler.Compiler, tree: Path) -> dict:
     return env
 
 
-def _estimate(bd: BuildDir, previous: dict) -> int:
-    if previous.get("objects_total"):
-        return int(previous["objects_total"])
+def _previous_record(bd: BuildDir) -> BuildRecord:
+    """The last build's record here, for its config hash and object count; a record this
+    version cannot read only costs the estimate, the build writes a new one."""
+    try:
+        return bd.read_record() or BuildRecord()
+    except KitError as error:
+        warn(f"{error}; starting a new record")
+        return BuildRecord()
+
+
+def _estimate(bd: BuildDir, previous: BuildRecord) -> int:
+    if previous.objects_total:
+        return int(previous.objects_total)
     # the first build of a directory has only the configuration to go by
     return kconfig.estimated_objects(bd.obj / ".config")
 
@@ -96,8 +109,8 @@ class Builder:
         self.runner = Runner(dry_run=options.dry_run)
         self.kernel = read_tree_version(self.tree)
         self.bd = BuildDir.for_tree(self.tree, options.label)
-        self.previous = self.bd.read_metadata()
-        self.record = BuildRecord(self.bd, dry_run=options.dry_run)
+        self.previous = _previous_record(self.bd)
+        self.writer = RecordWriter(self.bd, dry_run=options.dry_run)
         self.cc: Optional[compiler.Compiler] = None
 
     def _precondition(self, check: Callable[[], object]) -> None:
@@ -138,7 +151,7 @@ class Builder:
             f"building Linux {self.kernel} (memuse = syscall {nr}) with {self.cc.command} "
             f"{self.cc.version}{with_ccache}, config {self.options.config}"
         )
-        self.record.update(
+        self.writer.update(
             kernel_version=str(self.kernel),
             syscall_nr=nr,
             probes=probes.probe_tree(self.tree).as_dict(),
@@ -147,7 +160,7 @@ class Builder:
             config={
                 "name": self.options.config,
                 "fragments": list(self.options.fragments),
-                "sha256": self.previous.get("config", {}).get("sha256"),
+                "sha256": self.previous.config_sha256(),
             },
             compiler={
                 "command": self.cc.command,
@@ -161,12 +174,12 @@ class Builder:
 
     def configure(self) -> None:
         assert self.cc is not None
-        written = self.previous.get("config", {}).get("sha256")
+        written = self.previous.config_sha256()
         if self.options.keep_config:
             if not (self.bd.obj / ".config").is_file():
                 raise KitError(f"--keep-config: {self.bd.obj / '.config'} does not exist yet")
             # still what memuse-kit wrote last, so a later run knows the user's edits
-            self.record.data["config"]["sha256"] = written
+            self.writer.record.config["sha256"] = written
             return
         profile = kconfig.profile_for(self.options.config)
         lsmod = self._module_list()
@@ -186,7 +199,7 @@ class Builder:
             return
         kconfig.suggest_trimming(candidate, profile, lsmod)
         digest = kconfig.adopt(self.bd.obj, candidate, written, self.options.reconfigure)
-        self.record.data["config"]["sha256"] = digest
+        self.writer.record.config["sha256"] = digest
 
     def _module_list(self) -> Optional[Path]:
         """The lsmod list localmodconfig trims to, kept in the build directory and recorded."""
@@ -202,7 +215,7 @@ class Builder:
         kept = self.bd.root / "lsmod.txt"
         if not self.runner.dry_run:
             atomic.write_if_changed(kept, listing)
-        self.record.update(
+        self.writer.update(
             localmodconfig={"modules": len(listing.splitlines()), "lsmod": str(kept)}
         )
         return kept
@@ -212,11 +225,11 @@ class Builder:
         estimate = 1 if self.runner.dry_run else _estimate(self.bd, self.previous)
         progress = BuildProgress("build", estimate)
         status = self._stream([*_make(self.bd, self.cc, self.options.jobs)], progress)
-        self.record.update(objects_compiled=progress.steps)
+        self.writer.update(objects_compiled=progress.steps)
         if progress.steps > estimate // 2:
-            self.record.update(objects_total=progress.steps)
+            self.writer.update(objects_total=progress.steps)
         else:
-            self.record.update(objects_total=self.previous.get("objects_total"))
+            self.writer.update(objects_total=self.previous.objects_total)
         self._check(status, progress, "compiling the kernel")
         return progress.steps
 
@@ -255,7 +268,7 @@ class Builder:
     def _check(self, status: int, progress: BuildProgress, what: str) -> None:
         if status == 0:
             return
-        self.record.update(error=progress.errors[:10])
+        self.writer.update(error=progress.errors[:10])
         for line in progress.errors[:10]:
             print(f"  {line}", file=sys.stderr)
         raise KitError(f"{what} failed (status {status}); full log: {self.bd.log}")
@@ -266,32 +279,32 @@ class Builder:
             if self.bd.log.exists():
                 shutil.move(str(self.bd.log), str(self.bd.log) + ".1")
         try:
-            with self.record.phase("preflight"):
+            with self.writer.phase("preflight"):
                 self.preflight()
             if not self.runner.dry_run:
-                self.record.write()
-            with self.record.phase("config"):
+                self.writer.write()
+            with self.writer.phase("config"):
                 self._announce("configure")
                 self.configure()
-            with self.record.phase("kernel"):
+            with self.writer.phase("kernel"):
                 self._announce("compile")
                 compiled = self.compile()
-            with self.record.phase("package"):
+            with self.writer.phase("package"):
                 self._announce("package")
                 packages = self.package()
-            self.record.update(
+            self.writer.update(
                 status="success",
                 kernel_release=self.bd.kernel_release(),
-                artifacts=[{"file": p.name, "sha256": artifacts.sha256(p)} for p in packages],
+                artifacts=[{"file": p.name, "sha256": sha256_file(p)} for p in packages],
             )
             return BuildResult(self.bd, self.bd.kernel_release() or "", packages, compiled)
         except BaseException as error:
-            self.record.update(status="failed", failure=str(error) or type(error).__name__)
+            self.writer.update(status="failed", failure=str(error) or type(error).__name__)
             raise
         finally:
-            self.record.update(finished=now(), kernel_release=self.bd.kernel_release())
+            self.writer.update(finished=now(), kernel_release=self.bd.kernel_release())
             if not self.runner.dry_run:
-                self.record.write()
+                self.writer.write()
 
 
 def build(options: BuildOptions) -> BuildResult:

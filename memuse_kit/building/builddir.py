@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from memuse_client.build_record import FILE_NAME, BuildRecord, RecordError, read_record
 from memuse_kit.core.cache import builds_dir
+from memuse_kit.core.errors import KitError
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,14 @@ class BuildDir:
         probe = cls.for_tree(tree, "x")
         prefix = probe.root.name[: -len("x")]
         candidates = []
-        for meta in builds_dir().glob(f"{prefix}*/metadata.json"):
+        for meta in builds_dir().glob(f"{prefix}*/{FILE_NAME}"):
             bd = cls(meta.parent)
-            data = bd.read_metadata()
-            if data.get("status") == "success" and bd.image().is_file():
-                candidates.append((data.get("finished", ""), bd))
+            try:
+                record = bd.read_record()
+            except KitError:
+                continue  # damaged, or from another memuse-kit: not a build to use
+            if record is not None and record.succeeded and bd.image().is_file():
+                candidates.append((record.finished, bd))
         return max(candidates, key=lambda item: item[0])[1] if candidates else None
 
     @property
@@ -55,13 +59,16 @@ class BuildDir:
 
     @property
     def metadata(self) -> Path:
-        return self.root / "metadata.json"
+        return self.root / FILE_NAME
 
-    def read_metadata(self) -> dict:
+    def read_record(self) -> Optional[BuildRecord]:
+        """None when nothing was built here yet; a record that cannot be used is a KitError."""
+        if not self.metadata.exists():
+            return None
         try:
-            return json.loads(self.metadata.read_text())
-        except (OSError, ValueError):
-            return {}
+            return read_record(self.metadata)
+        except RecordError as error:
+            raise KitError(str(error)) from None
 
     def kernel_release(self) -> Optional[str]:
         path = self.obj / "include/config/kernel.release"

@@ -7,7 +7,6 @@ triggers a rebuild, and a .config the user edited is never overwritten silently.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.core import atomic
+from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import warn
 from memuse_kit.core.runner import Runner
@@ -211,10 +211,6 @@ def suggest_trimming(config: Path, profile: Profile, lsmod: Optional[Path]) -> N
             f"this configuration compiles about {objects} objects (hours on a laptop); "
             "--localmodconfig trims it to the modules loaded now (make localmodconfig)"
         )
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def adopt(obj: Path, candidate: Path, last_written: Optional[str], reconfigure: bool) -> str:

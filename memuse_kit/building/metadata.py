@@ -2,43 +2,36 @@
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from typing import Any, Dict, Iterator
+from typing import Any, Iterator
 
+from memuse_client.build_record import BuildRecord
 from memuse_kit import __version__
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core import atomic
+from memuse_kit.core.clock import now
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class BuildRecord:
-    """With dry_run nothing is ever written: a dry run leaves no metadata behind."""
+class RecordWriter:
+    """Keeps one build's record and writes it; with dry_run nothing is ever written."""
 
     def __init__(self, bd: BuildDir, dry_run: bool = False) -> None:
         self.bd = bd
         self.dry_run = dry_run
-        self.data: Dict[str, Any] = {
-            "memuse_kit": __version__,
-            "status": "running",
-            "started": now(),
-            "durations": {},
-        }
+        self.record = BuildRecord(memuse_kit=__version__, started=now())
 
     def update(self, **fields: Any) -> None:
-        self.data.update(fields)
+        for name, value in fields.items():
+            if not hasattr(self.record, name):
+                raise AttributeError(f"the build record has no field {name}")
+            setattr(self.record, name, value)
 
     def write(self) -> None:
         if self.dry_run:
             return
         self.bd.root.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
-        atomic.write_atomic(self.bd.metadata, text.encode())
+        atomic.write_atomic(self.bd.metadata, self.record.to_json().encode())
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -46,5 +39,5 @@ class BuildRecord:
         try:
             yield
         finally:
-            self.data["durations"][name] = round(time.monotonic() - start, 1)
+            self.record.durations[name] = round(time.monotonic() - start, 1)
             self.write()

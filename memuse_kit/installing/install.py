@@ -172,10 +172,10 @@ def check_build(bd: BuildDir, tree: Optional[Path]) -> InstallPlan:
     Without a tree (packages handed in from another machine) the build's own record and
     SHA256SUMS are all there is to check.
     """
-    meta = bd.read_metadata()
-    release = meta.get("kernel_release") or ""
+    record = bd.read_record()
+    release = (record.kernel_release if record else None) or ""
     packages = artifacts.kept_packages(bd)
-    if meta.get("status") != "success" or not packages:
+    if record is None or not record.succeeded or not packages:
         raise KitError(f"no packages built in {bd.root}: run invoke build first")
     if not all(artifacts.verify_sums(bd).values()):
         raise KitError(f"the packages in {bd.artifacts} do not match their SHA256SUMS: rebuild")
@@ -183,7 +183,7 @@ def check_build(bd: BuildDir, tree: Optional[Path]) -> InstallPlan:
     if {p.name.split("_")[0] + "_" for p in packages} != wanted:
         raise KitError(f"{bd.artifacts} does not hold the image and headers of {release}")
     if tree is not None and (
-        meta.get("tree") != str(tree) or meta.get("syscall_nr") != patcher.recorded_number(tree)
+        record.tree != str(tree) or record.number != patcher.recorded_number(tree)
     ):
         raise KitError(f"the packages in {bd.artifacts} were not built from {tree} as patched now")
     return InstallPlan(release, packages)
@@ -361,7 +361,8 @@ def _saved_entry(grubenv: Path) -> str:
 
 
 def release_of(bd: BuildDir) -> Optional[str]:
-    return bd.read_metadata().get("kernel_release") or bd.kernel_release()
+    record = bd.read_record()
+    return (record.kernel_release if record else None) or bd.kernel_release()
 
 
 def _read(path: Path) -> str:

@@ -7,7 +7,6 @@ even when the templates moved on since the tree was patched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from memuse_kit.core import atomic
+from memuse_kit.core.digest import sha256_bytes
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.safety import TMP_PREFIX, check_replaceable, describe_os_error, is_regular_file
 from memuse_kit.patching import syscall_tables as tables
@@ -37,10 +37,6 @@ STATE_LIMIT = 1 << 20  # bytes of state.json read at most
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # what write_atomic named its temporary files before they carried TMP_PREFIX
 _OLD_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _text(data: bytes) -> str:
@@ -161,16 +157,16 @@ class TreeState:
     def pristine(self, rel: str, current: bytes) -> bytes:
         """The file as it was before memuse-kit, given its current bytes."""
         record = self.files().get(rel)
-        if record is None or _sha256(current) == record["original_sha256"]:
+        if record is None or sha256_bytes(current) == record["original_sha256"]:
             return current
-        if _sha256(current) != record["patched_sha256"]:
+        if sha256_bytes(current) != record["patched_sha256"]:
             raise KitError(
                 f"{self.tree / rel} changed since memuse-kit patched it; "
                 "restore it (or the whole tree) before patching or reverting"
             )
         backup = self.backup_path(rel)
         data = backup.read_bytes() if is_regular_file(backup) else b""
-        if _sha256(data) != record["original_sha256"]:
+        if sha256_bytes(data) != record["original_sha256"]:
             raise KitError(
                 f"the pristine copy {backup} is missing or damaged: restore {self.tree / rel} "
                 f"from the source package or git, then delete {self.root} after checking"
@@ -187,8 +183,8 @@ class TreeState:
             "nr": plan.nr,
             "files": {
                 f.path: {
-                    "original_sha256": _sha256(f.original),
-                    "patched_sha256": _sha256(f.patched),
+                    "original_sha256": sha256_bytes(f.original),
+                    "patched_sha256": sha256_bytes(f.patched),
                 }
                 for f in plan.files
             },

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -12,11 +11,11 @@ from typing import Dict, Optional, TextIO
 import requests
 from tqdm import tqdm
 
+from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 
 TIMEOUT = (15.0, 60.0)  # seconds to connect, seconds between received bytes
 CHUNK = 1 << 16  # a broken connection loses the chunk being read; resume starts before it
-HASH_BLOCK = 1 << 20
 ATTEMPTS = 3
 HEADERS = {"Accept-Encoding": "identity"}  # byte ranges must count the file's own bytes
 
@@ -112,14 +111,6 @@ class TransferProgress:
             self.bar.close()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def parse_sha256sums(text: str) -> Dict[str, str]:
     """file name -> sha256 from `sha256sum` output, clearsigned or not."""
     return {name: digest.lower() for digest, name in _SUM_LINE.findall(text)}
@@ -148,18 +139,18 @@ def fetch_file(
     """
     sha256 = sha256.lower()
     if dest.is_file():
-        if file_sha256(dest) == sha256:
+        if sha256_file(dest) == sha256:
             return False
         dest.unlink()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     resumed = _transfer(url, part, size, out, session)
-    digest = file_sha256(part)
+    digest = sha256_file(part)
     if digest != sha256 and resumed:
         # the kept part may hold another upload's bytes: one clean download from the start
         part.unlink()
         _transfer(url, part, size, out, session)
-        digest = file_sha256(part)
+        digest = sha256_file(part)
     if digest != sha256:
         part.unlink()
         raise KitError(

@@ -20,12 +20,12 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, TextIO, Tuple, Union
 
 from memuse_kit.core import atomic
 from memuse_kit.core.cache import cache_root, downloads_dir, trees_dir
+from memuse_kit.core.clock import now
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import say, warn
 from memuse_kit.core.runner import Runner
@@ -151,7 +151,7 @@ def use_tree(tree: Path) -> FetchResult:
 
 
 def remember(result: FetchResult) -> None:
-    data = {**result.record(), "fetched": _now()}
+    data = {**result.record(), "fetched": now()}
     current_file().parent.mkdir(parents=True, exist_ok=True)
     atomic.write_atomic(current_file(), (json.dumps(data, indent=2) + "\n").encode())
 
@@ -340,7 +340,7 @@ def _install(tree: Path, slug: str, result: FetchResult) -> FetchResult:
     result.tree = final
     result.kernel = str(read_tree_version(final))
     record = final.with_name(slug + RECORD_SUFFIX)
-    data = {**result.record(), "fetched": _now()}
+    data = {**result.record(), "fetched": now()}
     atomic.write_atomic(record, (json.dumps(data, indent=2) + "\n").encode())
     return result
 
@@ -404,7 +404,3 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

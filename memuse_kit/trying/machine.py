@@ -11,7 +11,6 @@ timeout, and a timeout's error carries the console's last lines.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import json
 import re
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence, Union
 
+from memuse_kit.core.clock import now
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import say
 from memuse_kit.core.runner import Runner
@@ -61,7 +61,7 @@ def ensure_image(rebuild: bool = False, progress: machine_image.Progress = say) 
         )
         info.update(
             status="complete",
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            created=now(),
             disk_bytes=image.disk.stat().st_size,
         )
         (staging / "image.json").write_text(_json(info))

@@ -10,7 +10,6 @@ The first boot that lets the machine write its own grub.cfg is in machine.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from memuse_kit.core.cache import cache_root
+from memuse_kit.core.digest import sha256_bytes
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.runner import Runner
 
@@ -85,7 +85,7 @@ class Recipe:
 
     def digest(self) -> str:
         text = json.dumps(asdict(self.with_scripts()), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return sha256_bytes(text.encode())[:16]
 
     @property
     def esp_uuid(self) -> str:
