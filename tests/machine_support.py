@@ -20,7 +20,7 @@ from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.cache import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ("memuse_kit", "memuse_client", "tasks.py", "pyproject.toml", "README.md", "templates")
+SOURCES = ("memuse_kit", "memuse_client", "tasks.py", "pyproject.toml", "README.md")
 GUEST_HOME = "/home/tester"  # the image's sudo user
 KIT = f"{GUEST_HOME}/memuse-kit"
 VENV = f"{GUEST_HOME}/kit-venv"

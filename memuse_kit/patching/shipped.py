@@ -91,6 +91,11 @@ def check_all(directory: Path = patchfile.PATCHES_DIR) -> List[str]:
 
 
 def regenerate_all(trees: Sequence[Path] = (), check: bool = False) -> None:
+    if not patchfile.in_checkout():
+        raise KitError(
+            "the shipped patches live in the memuse-kit repository: run this task there "
+            "(git clone, then invoke patches)"
+        )
     if check:
         problems = check_all()
         if problems:

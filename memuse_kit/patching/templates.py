@@ -1,4 +1,4 @@
-"""The Jinja environment that renders every kernel edit from templates/."""
+"""The Jinja environment that renders every kernel edit from memuse_kit/templates/."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import jinja2
 
 from memuse_kit.core.errors import KitError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES_DIR = REPO_ROOT / "templates"
+# package data: found wherever memuse_kit is installed, not only in the repository
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 TAB = 8
 
 

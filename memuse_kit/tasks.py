@@ -1,0 +1,250 @@
+"""memuse-kit tasks. Each is a thin call into the memuse_kit package; see README.md.
+
+`invoke` finds them through the repository's tasks.py, the installed `memuse-kit` command
+(memuse_kit.program) through `namespace`: one set of tasks for both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+from invoke import Collection, Context, task
+from invoke.exceptions import Exit
+
+from memuse_kit.cli import one_line_errors
+from memuse_kit.core.errors import KitError
+from memuse_kit.patching import patch_step
+from memuse_kit.trees.workspace import resolve_tree
+
+
+@task(
+    help={
+        "source": "ubuntu-hwe-5.11 (default), debian:X.Y, kernel.org:X.Y[.Z]",
+        "tree": "use a kernel tree you already have instead of downloading one",
+        "dry-run": "say what would be fetched, download and write nothing",
+    }
+)
+@one_line_errors
+def fetch(
+    c: Context, source: Optional[str] = None, tree: Optional[str] = None, dry_run: bool = False
+) -> None:
+    """Download and unpack a kernel source into the cache (instant when cached)."""
+    from memuse_kit.trees.fetch import fetch_command
+
+    fetch_command(source=source, tree=tree, dry_run=dry_run)
+
+
+@task(
+    help={
+        "tree": "kernel tree to patch (default: the last fetched source)",
+        "source": "fetch this source first and patch its tree",
+        "out": "patch file to write (default: patches/memuse-<kernelversion>.patch)",
+        "revert": "restore every edited file byte for byte",
+        "dry-run": "show what would change, write nothing",
+    }
+)
+@one_line_errors
+def patch(
+    c: Context,
+    tree: Optional[str] = None,
+    source: Optional[str] = None,
+    out: Optional[str] = None,
+    revert: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Add the memuse syscall to a tree (number chosen from its tables) and write the patch."""
+    if revert and out is not None:
+        raise KitError("--out and --revert do not go together")
+    root = resolve_tree(tree, source, dry_run=dry_run)
+    if revert:
+        patch_step.revert_tree(root, dry_run=dry_run)
+    else:
+        patch_step.patch_tree(root, out, dry_run=dry_run)
+
+
+@task(
+    iterable=["tree"],
+    help={
+        "check": "fail if a shipped patch differs from what the templates give (no tree needed)",
+        "tree": "a tree to use for its kernel series instead of fetching one (repeatable)",
+    },
+)
+@one_line_errors
+def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -> None:
+    """Regenerate every shipped patch in patches/ from the templates."""
+    from memuse_kit.patching.shipped import regenerate_all
+
+    regenerate_all([Path(t).expanduser().resolve() for t in tree or []], check=check)
+
+
+@task(
+    iterable=["fragment"],
+    help={
+        "tree": "kernel tree to build (default: the last fetched source)",
+        "source": "fetch this source first",
+        "config": "running (/boot/config-$(uname -r)), vm, vm-nodebug or a file; default: "
+        "running when that exists, else vm",
+        "fragment": "extra config fragment merged last (repeatable)",
+        "localmodconfig": "trim the config to the modules loaded now (make localmodconfig)",
+        "lsmod": "trim to the modules of this lsmod output instead (implies --localmodconfig)",
+        "debug-info": "keep debug info (off by default: smaller, faster)",
+        "reconfigure": "replace a .config you edited (it is saved as .config.edited)",
+        "keep-config": "build the existing .config as it is",
+        "jobs": "parallel jobs (default: number of CPUs)",
+        "dry-run": "print the commands, run nothing",
+    },
+)
+@one_line_errors
+def build(
+    c: Context,
+    tree: Optional[str] = None,
+    source: Optional[str] = None,
+    config: Optional[str] = None,
+    fragment: Optional[List[str]] = None,
+    localmodconfig: bool = False,
+    lsmod: Optional[str] = None,
+    debug_info: bool = False,
+    reconfigure: bool = False,
+    keep_config: bool = False,
+    jobs: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
+    from memuse_kit.building.kconfig import default_config
+    from memuse_kit.building.pipeline import build_chain
+    from memuse_kit.core.options import parse_jobs
+    from memuse_kit.trees.workspace import check_not_empty
+
+    check_not_empty(config, "--config")
+    parallel = parse_jobs(jobs)
+    build_chain(
+        tree,
+        source,
+        default_config() if config is None else config,
+        fragment or [],
+        localmodconfig=localmodconfig,
+        lsmod=lsmod,
+        debug_info=debug_info,
+        reconfigure=reconfigure,
+        keep_config=keep_config,
+        dry_run=dry_run,
+        **({"jobs": parallel} if parallel else {}),
+    )
+
+
+@task(
+    help={
+        "tree": "kernel tree whose packages to install (default: the last fetched source)",
+        "config": "which build of the tree (default: the latest successful one)",
+        "build-dir": "a build directory copied from another machine (metadata.json, artifacts/)",
+        "default": "boot the new kernel from now on, not just on the next reboot",
+        "dry-run": "print the exact commands, change nothing",
+    }
+)
+@one_line_errors
+def install(
+    c: Context,
+    tree: Optional[str] = None,
+    config: Optional[str] = None,
+    build_dir: Optional[str] = None,
+    default: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Install the built image and headers packages and boot them once (grub-reboot)."""
+    from memuse_kit.trying.vm_step import install_command
+
+    install_command(tree, config, default, dry_run, build_dir)
+
+
+@task(
+    help={
+        "tree": "kernel tree whose kernel to remove (default: the last fetched source)",
+        "config": "which build of the tree (default: the latest successful one)",
+        "release": "kernel release to remove instead, e.g. 7.2.13-memuse",
+        "dry-run": "print the exact commands, change nothing",
+    }
+)
+@one_line_errors
+def uninstall(
+    c: Context,
+    tree: Optional[str] = None,
+    config: Optional[str] = None,
+    release: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Remove an installed memuse kernel's image and headers packages."""
+    from memuse_kit.trying.vm_step import uninstall_command
+
+    uninstall_command(tree, config, release, dry_run)
+
+
+@task(
+    help={
+        "tree": "kernel tree whose build to boot (default: the last fetched source)",
+        "source": "use this source's tree",
+        "config": "which build of the tree (default: the latest successful one)",
+        "memory": "guest memory (default 3G)",
+        "accel": "auto (default: KVM only where it really boots), kvm or tcg",
+        "timeout": "seconds before the VM is stopped (default 900)",
+        "dry-run": "print the vng command, run nothing",
+    }
+)
+@one_line_errors
+def vm(
+    c: Context,
+    tree: Optional[str] = None,
+    source: Optional[str] = None,
+    config: Optional[str] = None,
+    memory: str = "3G",
+    accel: str = "auto",
+    timeout: str = "900",
+    dry_run: bool = False,
+) -> None:
+    """Boot the built kernel in QEMU, run a command as root (after --), exit with its status.
+
+    The default command is `memuse experiment`. The host is not touched.
+    """
+    from memuse_kit.trying.vm_step import vm_command
+
+    status = vm_command(tree, source, config, c.remainder, memory, accel, timeout, dry_run)
+    if status:
+        raise Exit(code=status)
+
+
+@task(
+    help={
+        "create": "build the image when the cache has none for the current recipe",
+        "rebuild": "build it again even when it is cached",
+    }
+)
+@one_line_errors
+def machine(c: Context, create: bool = False, rebuild: bool = False) -> None:
+    """The Debian 12 test machine's disk image (mmdebstrap, GRUB, QEMU): show it or create it."""
+    from memuse_kit.trying.machine import machine_command
+
+    machine_command(create=create, rebuild=rebuild)
+
+
+@task(
+    help={
+        "name": "module under memuse_kit/templates/ (default: hello)",
+        "tree": "kernel tree whose build to compile against",
+        "config": "which build of the tree (default: the latest successful one)",
+        "dry-run": "print the make command, run nothing",
+    }
+)
+@one_line_errors
+def module(
+    c: Context,
+    name: str = "hello",
+    tree: Optional[str] = None,
+    config: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Build an out-of-tree module (Part 1 of the report: hello) against the built kernel."""
+    from memuse_kit.trying.vm_step import module_command
+
+    module_command(name, tree, config, dry_run)
+
+
+namespace = Collection(fetch, patch, patches, build, install, uninstall, vm, machine, module)

@@ -1,0 +1,55 @@
+"""The `memuse-kit` command is Invoke's Program over the tasks `invoke` runs here (fast; the
+installed wheel is tests/test_wheel_install.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from invoke import Collection
+
+import tasks
+from memuse_kit.program import program
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_invoke_and_memuse_kit_run_the_same_tasks():
+    assert isinstance(tasks.ns, Collection)
+    assert program.namespace is tasks.ns
+    assert set(tasks.ns.tasks) == {
+        "fetch",
+        "patch",
+        "patches",
+        "build",
+        "install",
+        "uninstall",
+        "vm",
+        "machine",
+        "module",
+    }
+
+
+def test_memuse_kit_lists_and_helps_from_another_directory(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MEMUSE_KIT_CACHE": str(tmp_path / "cache")}
+    code = "import sys; from memuse_kit.program import main; sys.argv[0] = 'memuse-kit'; main()"
+
+    def memuse_kit(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = memuse_kit("--list")
+    assert listed.returncode == 0 and "  patch " in listed.stdout and "  vm " in listed.stdout
+    helped = memuse_kit("--help", "patch")
+    assert helped.returncode == 0 and "--revert" in helped.stdout
+    refused = memuse_kit("patch", "--tree", "")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "--tree is empty" in refused.stderr
