@@ -13,8 +13,9 @@ from invoke.exceptions import Exit
 
 from memuse_kit.cli import one_line_errors
 from memuse_kit.core.errors import KitError
+from memuse_kit.handoff import hand_on, handed_build, handed_tree
 from memuse_kit.patching import patch_step
-from memuse_kit.trees.workspace import resolve_tree
+from memuse_kit.trees.workspace import remember_tree, resolve_tree
 
 
 @task(
@@ -55,11 +56,13 @@ def patch(
     """Add the memuse syscall to a tree (number chosen from its tables) and write the patch."""
     if revert and out is not None:
         raise KitError("--out and --revert do not go together")
-    root = resolve_tree(tree, source, dry_run=dry_run)
+    root = resolve_tree(handed_tree(c, tree, source), source, dry_run=dry_run)
     if revert:
         patch_step.revert_tree(root, dry_run=dry_run)
     else:
         patch_step.patch_tree(root, out, dry_run=dry_run)
+    remember_tree(tree, dry_run)
+    hand_on(c, tree=root)
 
 
 @task(
@@ -117,8 +120,8 @@ def build(
 
     check_not_empty(config, "--config")
     parallel = parse_jobs(jobs)
-    build_chain(
-        tree,
+    result = build_chain(
+        handed_tree(c, tree, source),
         source,
         default_config() if config is None else config,
         fragment or [],
@@ -130,6 +133,9 @@ def build(
         dry_run=dry_run,
         **({"jobs": parallel} if parallel else {}),
     )
+    if result is not None:
+        remember_tree(tree, dry_run)
+        hand_on(c, tree=result.tree, build=result.build_dir.root)
 
 
 @task(
@@ -153,7 +159,12 @@ def install(
     """Install the built image and headers packages and boot them once (grub-reboot)."""
     from memuse_kit.trying.vm_step import install_command
 
-    install_command(tree, config, default, dry_run, build_dir)
+    if build_dir:  # packages from elsewhere: nothing of this command line applies
+        install_command(tree, config, default, dry_run, build_dir)
+        return
+    handed = handed_build(c, tree, None, config)
+    install_command(handed_tree(c, tree, None), config, default, dry_run, None, handed)
+    remember_tree(tree, dry_run)
 
 
 @task(
@@ -175,7 +186,7 @@ def uninstall(
     """Remove an installed memuse kernel's image and headers packages."""
     from memuse_kit.trying.vm_step import uninstall_command
 
-    uninstall_command(tree, config, release, dry_run)
+    uninstall_command(handed_tree(c, tree, None), config, release, dry_run)
 
 
 @task(
@@ -206,7 +217,12 @@ def vm(
     """
     from memuse_kit.trying.vm_step import vm_command
 
-    status = vm_command(tree, source, config, c.remainder, memory, accel, timeout, dry_run)
+    handed = handed_build(c, tree, source, config)
+    chosen = handed_tree(c, tree, source)
+    status = vm_command(
+        chosen, source, config, c.remainder, memory, accel, timeout, dry_run, handed
+    )
+    remember_tree(tree, dry_run)
     if status:
         raise Exit(code=status)
 
@@ -244,7 +260,9 @@ def module(
     """Build an out-of-tree module (Part 1 of the report: hello) against the built kernel."""
     from memuse_kit.trying.vm_step import module_command
 
-    module_command(name, tree, config, dry_run)
+    handed = handed_build(c, tree, None, config)
+    module_command(name, handed_tree(c, tree, None), config, dry_run, handed)
+    remember_tree(tree, dry_run)
 
 
 namespace = Collection(fetch, patch, patches, build, install, uninstall, vm, machine, module)

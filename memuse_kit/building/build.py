@@ -55,6 +55,7 @@ class BuildResult:
     release: str
     packages: List[Path]
     compiled: int
+    tree: Path
 
 
 def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
@@ -297,7 +298,8 @@ class Builder:
                 kernel_release=self.bd.kernel_release(),
                 artifacts=[{"file": p.name, "sha256": sha256_file(p)} for p in packages],
             )
-            return BuildResult(self.bd, self.bd.kernel_release() or "", packages, compiled)
+            release = self.bd.kernel_release() or ""
+            return BuildResult(self.bd, release, packages, compiled, self.tree)
         except BaseException as error:
             self.writer.update(status="failed", failure=str(error) or type(error).__name__)
             raise

@@ -150,8 +150,25 @@ def use_tree(tree: Path) -> FetchResult:
     return result
 
 
+def make_current(tree: Path) -> None:
+    """Remember a tree given with --tree as the one later tasks use, as fetch does; a tree
+    the tool fetched keeps its source record."""
+    root = tree.resolve()
+    if last_fetched() == root:
+        return
+    known = source_record(root)
+    if known is None:
+        use_tree(root)
+        return
+    _write_current(known)
+
+
 def remember(result: FetchResult) -> None:
-    data = {**result.record(), "fetched": now()}
+    _write_current(result.record())
+
+
+def _write_current(record: Dict[str, Any]) -> None:
+    data = {**record, "fetched": now()}
     current_file().parent.mkdir(parents=True, exist_ok=True)
     atomic.write_atomic(current_file(), (json.dumps(data, indent=2) + "\n").encode())
 

@@ -48,6 +48,15 @@ def resolve_tree(tree: Optional[str], source: Optional[str], dry_run: bool = Fal
     return fetch.fetch_source(None, explicit=False).tree
 
 
+def remember_tree(tree: Optional[str], dry_run: bool) -> None:
+    """After a task succeeded on --tree DIR, DIR is the tree later tasks use, as with
+    --source; a dry run remembers nothing."""
+    from memuse_kit.trees import fetch
+
+    if tree is not None and not dry_run:
+        fetch.make_current(Path(tree).expanduser().resolve())
+
+
 def _cached_tree(source: Optional[str]) -> Path:
     from memuse_kit.trees import fetch
 

@@ -17,7 +17,10 @@ from memuse_kit.trying.module import build_module, module_source
 from memuse_kit.trying.vm import DEFAULT_COMMAND, VmOptions, run_vm
 
 
-def find_build(tree: Path, config: Optional[str]) -> BuildDir:
+def find_build(tree: Path, config: Optional[str], handed: Optional[Path] = None) -> BuildDir:
+    """The build this command line made (handed on), else --config's, else the latest."""
+    if handed is not None:
+        return BuildDir(handed)
     if config:
         return BuildDir.for_tree(tree, config)
     latest = BuildDir.latest_for_tree(tree)
@@ -45,6 +48,7 @@ def vm_command(
     accel: str,
     timeout: Union[str, float],
     dry_run: bool,
+    handed: Optional[Path] = None,
 ) -> int:
     if accel not in ("auto", "kvm", "tcg"):
         raise KitError(f"--accel {accel}: use auto, kvm or tcg")
@@ -54,7 +58,7 @@ def vm_command(
     root = resolve_tree(tree, source, dry_run=dry_run)
     command = guest_command(remainder, sys.argv)
     options = VmOptions(
-        build=find_build(root, config),
+        build=find_build(root, config, handed),
         command=command,
         memory=size,
         accel=accel,
@@ -64,12 +68,18 @@ def vm_command(
     return run_vm(options).status
 
 
-def module_command(name: str, tree: Optional[str], config: Optional[str], dry_run: bool) -> None:
+def module_command(
+    name: str,
+    tree: Optional[str],
+    config: Optional[str],
+    dry_run: bool,
+    handed: Optional[Path] = None,
+) -> None:
     check_not_empty(name, "--name")
     module_source(name)
     check_not_empty(config, "--config")
     root = resolve_tree(tree, None, dry_run=dry_run)
-    build_module(name, root, find_build(root, config), dry_run=dry_run)
+    build_module(name, root, find_build(root, config, handed), dry_run=dry_run)
 
 
 def install_command(
@@ -78,6 +88,7 @@ def install_command(
     default: bool,
     dry_run: bool,
     build_dir: Optional[str] = None,
+    handed: Optional[Path] = None,
 ) -> None:
     host, runner = installer.Host(), Runner(dry_run)
     if build_dir:
@@ -87,7 +98,7 @@ def install_command(
         installer.install(handed_in, None, host, runner, default)
         return
     root = resolve_tree(tree, None, dry_run=dry_run)
-    installer.install(find_build(root, config), root, host, runner, default)
+    installer.install(find_build(root, config, handed), root, host, runner, default)
 
 
 def uninstall_command(
