@@ -157,7 +157,7 @@ def install(
     dry_run: bool = False,
 ) -> None:
     """Install the built image and headers packages and boot them once (grub-reboot)."""
-    from memuse_kit.trying.vm_step import install_command
+    from memuse_kit.installing.install_step import install_command
 
     if build_dir:  # packages from elsewhere: nothing of this command line applies
         install_command(tree, config, default, dry_run, build_dir)
@@ -184,7 +184,7 @@ def uninstall(
     dry_run: bool = False,
 ) -> None:
     """Remove an installed memuse kernel's image and headers packages."""
-    from memuse_kit.trying.vm_step import uninstall_command
+    from memuse_kit.installing.install_step import uninstall_command
 
     uninstall_command(handed_tree(c, tree, None), config, release, dry_run)
 

@@ -76,3 +76,15 @@ class BuildDir:
 
     def image(self) -> Path:
         return self.obj / "arch/x86/boot/bzImage"
+
+
+def find_build(tree: Path, config: Optional[str], handed: Optional[Path] = None) -> BuildDir:
+    """The build this command line made (handed on), else --config's, else the latest."""
+    if handed is not None:
+        return BuildDir(handed)
+    if config:
+        return BuildDir.for_tree(tree, config)
+    latest = BuildDir.latest_for_tree(tree)
+    if latest is None:
+        raise KitError(f"{tree} has no successful build yet: run invoke build --config vm")
+    return latest

@@ -1,4 +1,4 @@
-"""Task glue for `invoke vm`, `module`, `install` and `uninstall`: find the build, then act."""
+"""Task glue for `invoke vm` and `module`: find the build, then act."""
 
 from __future__ import annotations
 
@@ -7,26 +7,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Union
 
-from memuse_kit.building.builddir import BuildDir
+from memuse_kit.building.builddir import find_build
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.options import parse_memory, parse_timeout
-from memuse_kit.core.runner import Runner
-from memuse_kit.installing import install as installer
 from memuse_kit.trees.workspace import check_not_empty, resolve_tree
 from memuse_kit.trying.module import build_module, module_source
 from memuse_kit.trying.vm import DEFAULT_COMMAND, VmOptions, run_vm
-
-
-def find_build(tree: Path, config: Optional[str], handed: Optional[Path] = None) -> BuildDir:
-    """The build this command line made (handed on), else --config's, else the latest."""
-    if handed is not None:
-        return BuildDir(handed)
-    if config:
-        return BuildDir.for_tree(tree, config)
-    latest = BuildDir.latest_for_tree(tree)
-    if latest is None:
-        raise KitError(f"{tree} has no successful build yet: run invoke build --config vm")
-    return latest
 
 
 def guest_command(remainder: str, argv: List[str]) -> List[str]:
@@ -80,33 +66,3 @@ def module_command(
     check_not_empty(config, "--config")
     root = resolve_tree(tree, None, dry_run=dry_run)
     build_module(name, root, find_build(root, config, handed), dry_run=dry_run)
-
-
-def install_command(
-    tree: Optional[str],
-    config: Optional[str],
-    default: bool,
-    dry_run: bool,
-    build_dir: Optional[str] = None,
-    handed: Optional[Path] = None,
-) -> None:
-    host, runner = installer.Host(), Runner(dry_run)
-    if build_dir:
-        if tree or config:
-            raise KitError("--build-dir names the packages itself: leave out --tree and --config")
-        handed_in = BuildDir(Path(build_dir).expanduser().resolve())
-        installer.install(handed_in, None, host, runner, default)
-        return
-    root = resolve_tree(tree, None, dry_run=dry_run)
-    installer.install(find_build(root, config, handed), root, host, runner, default)
-
-
-def uninstall_command(
-    tree: Optional[str], config: Optional[str], release: Optional[str], dry_run: bool
-) -> None:
-    if not release:
-        root = resolve_tree(tree, None, dry_run=dry_run)
-        release = installer.release_of(find_build(root, config))
-    if not release:
-        raise KitError("no built kernel to name: pass --release")
-    installer.uninstall(release, installer.Host(), Runner(dry_run))
