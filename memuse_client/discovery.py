@@ -47,7 +47,7 @@ class SyscallNumber:
 def cache_root(env: Optional[Mapping[str, str]] = None) -> Path:
     """$MEMUSE_KIT_CACHE, else $XDG_CACHE_HOME/memuse-kit, else ~/.cache/memuse-kit.
 
-    The same rule as memuse_kit.cache, kept here so the client does not import memuse_kit.
+    The same rule as memuse_kit.core.cache, kept here so the client does not import memuse_kit.
     """
     env = os.environ if env is None else env
     explicit = env.get("MEMUSE_KIT_CACHE")

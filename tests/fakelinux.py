@@ -128,7 +128,7 @@ COMPAT_SYSCALL_DEFINE1(sysinfo, struct compat_sysinfo __user *, info)
 """
 
 
-# The sources memuse_kit.probes reads, in the shape of 7.x ("new") and of 5.10 ("old").
+# The sources memuse_kit.patching.probes reads, in the shape of 7.x ("new") and of 5.10 ("old").
 MMAP_LOCK_H = """\
 static inline int mmap_read_lock_killable(struct mm_struct *mm)
 {
@@ -339,7 +339,7 @@ static int show_smaps_rollup(struct seq_file *m, void *v)
 
 
 def probed_files(style: str = "new") -> Dict[str, str]:
-    """The files memuse_kit.probes reads: "new" probes like 7.2, "old" like 5.10."""
+    """The files memuse_kit.patching.probes reads: "new" probes like 7.2, "old" like 5.10."""
     return {
         "include/linux/mm.h": MM_H[style],
         "include/linux/mmap_lock.h": MMAP_LOCK_H,

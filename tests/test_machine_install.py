@@ -1,5 +1,5 @@
 """`invoke build install`, then reboot, as a user does it, on a machine that boots through
-OVMF, GRUB and initramfs-tools from its own disk (memuse_kit.machine): the packages the host
+OVMF, GRUB and initramfs-tools from its own disk (memuse_kit.trying.machine): the packages the host
 built are handed in, the project's own `invoke install` runs as the sudo user, and the
 machine really reboots, into the memuse kernel once, back to its stock kernel, and so on.
 

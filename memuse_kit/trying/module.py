@@ -1,4 +1,4 @@
-"""`invoke module NAME`: build an out-of-tree module from templates/NAME against a built tree."""
+"""`invoke module NAME`: build memuse_kit/templates/NAME out of tree against a built kernel."""
 
 from __future__ import annotations
 
