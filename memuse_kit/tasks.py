@@ -85,7 +85,7 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
     help={
         "tree": "kernel tree to build (default: the last fetched source)",
         "source": "fetch this source first",
-        "config": "running (/boot/config-$(uname -r)), vm, vm-nodebug or a file; default: "
+        "config": "running (/boot/config-$(uname -r)), vm, vm-debug or a file; default: "
         "running when that exists, else vm",
         "fragment": "extra config fragment merged last (repeatable)",
         "localmodconfig": "trim the config to the modules loaded now (make localmodconfig)",

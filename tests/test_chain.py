@@ -82,9 +82,9 @@ def test_a_task_given_its_own_config_does_not_take_the_handed_build(tmp_path, bo
         "vm",
         "vm",
         "--config",
-        "vm-nodebug",
+        "vm-debug",
     )
-    assert [options.build for options in booted] == [BuildDir.for_tree(a, "vm-nodebug")]
+    assert [options.build for options in booted] == [BuildDir.for_tree(a, "vm-debug")]
 
 
 def test_a_dry_run_with_tree_remembers_nothing(tmp_path, booted):

@@ -48,7 +48,10 @@ COMMAND_TIMEOUT = 900.0
 
 @pytest.fixture(scope="module")
 def memuse_build() -> BuildDir:
-    """The 7.2 `vm` kernel the VM tier builds anyway: the same kernel boots from the disk.
+    """The 7.2 `vm` kernel (no debug checks): the quick start's kernel, booted from the disk.
+
+    Not the VM tier's `vm-debug` kernel: under TCG its KASAN and lockdep made one boot
+    through the machine's initramfs and systemd take more than the 15-minute boot timeout.
 
     MEMUSE_KIT_TEST_BUILD_DIR=DIR installs the packages of a build you already have instead
     (while working on install itself, without a rebuild after every template edit).

@@ -25,7 +25,7 @@ DRY_RUNS: List[List[str]] = [
     ["patch", "--revert", "--dry-run"],
     ["build", "--dry-run"],
     ["build", "--dry-run", "--config", "vm"],
-    ["build", "--dry-run", "--source", "debian:6.12", "--config", "vm-nodebug"],
+    ["build", "--dry-run", "--source", "debian:6.12", "--config", "vm-debug"],
     ["install", "--dry-run"],
     ["uninstall", "--dry-run"],
     ["uninstall", "--dry-run", "--release", "7.2.0-memuse"],

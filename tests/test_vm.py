@@ -50,7 +50,7 @@ _KCONFIG_SYMBOL = re.compile(r"^\s*(?:menu)?config\s+(\w+)", re.MULTILINE)
 def vm_kernel(request) -> Tuple[str, Path, BuildDir]:
     tree = cached_tree(request.param)
     ensure_patched(tree)
-    result = build(BuildOptions(tree=tree, config="vm", source={"spec": request.param}))
+    result = build(BuildOptions(tree=tree, config="vm-debug", source={"spec": request.param}))
     return request.param, tree, result.build_dir
 
 
@@ -81,7 +81,7 @@ def unmet_options(config: Dict[str, str], defined: Set[str]) -> Tuple[List[str],
     but does not have as asked (a dependency turned it off) is unmet.
     """
     unmet, absent = [], []
-    for fragment in kconfig.fragment_paths(kconfig.PROFILES["vm"], []):
+    for fragment in kconfig.fragment_paths(kconfig.PROFILES["vm-debug"], []):
         for name, wanted in kconfig.parse_options(fragment.read_text()).items():
             got = config.get(name, "n")
             if got == wanted or (wanted == "n" and name not in config):
@@ -231,7 +231,7 @@ def test_invoke_vm_returns_the_command_status(vm_kernel):
     if spec != "debian:7.2":
         pytest.skip("one kernel is enough for the CLI plumbing")
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "vm", "--tree", str(tree), "--config", "vm",
+        [sys.executable, "-m", "invoke", "vm", "--tree", str(tree), "--config", "vm-debug",
          "--", "sh", "-c", "echo from-the-guest; exit 3"],
         cwd=REPO, capture_output=True, text=True, timeout=1500,
     )  # fmt: skip

@@ -45,8 +45,10 @@ class Profile:
 
 PROFILES: Dict[str, Profile] = {
     "running": Profile("running", (), "the running kernel's /boot/config-$(uname -r)"),
-    "vm": Profile("defconfig", ("vm.config", "debug.config"), "small VM kernel, KASAN and lockdep"),
-    "vm-nodebug": Profile("defconfig", ("vm.config",), "small VM kernel without debug checks"),
+    "vm": Profile("defconfig", ("vm.config",), "small kernel for QEMU and the test machine"),
+    "vm-debug": Profile(
+        "defconfig", ("vm.config", "debug.config"), "the vm kernel with KASAN and lockdep"
+    ),
 }
 
 _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")

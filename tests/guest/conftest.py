@@ -65,7 +65,7 @@ def debug_kernel() -> None:
     """
     options = guest_support.running_config()
     missing = [name for name in guest_support.WATCHERS if options.get(name) != "y"]
-    assert not missing, f"the booted kernel lacks {', '.join(missing)} (build --config vm)"
+    assert not missing, f"the booted kernel lacks {', '.join(missing)} (build --config vm-debug)"
     assert guest_support.lockdep_active() is True, (
         "lockdep is off or unreadable before the tests began, so they could not show the "
         f"locking is clean; the kernel's first report: {guest_support.first_report()}"
