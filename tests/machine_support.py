@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 from typing import List
 
+from memuse_client.scenarios import binary_name
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.cache import cache_root
 
@@ -25,7 +26,8 @@ GUEST_HOME = "/home/tester"  # the image's sudo user
 KIT = f"{GUEST_HOME}/memuse-kit"
 VENV = f"{GUEST_HOME}/kit-venv"
 GUEST_CACHE = f"{GUEST_HOME}/.cache/memuse-kit"
-SCENARIOS = f"{GUEST_HOME}/memuse-scenarios"
+# the client takes a given binary only under its own name, which carries its source's hash
+SCENARIOS = f"{GUEST_HOME}/{binary_name()}"
 ENV_SCENARIOS = "MEMUSE_SCENARIOS_BIN"
 
 
@@ -60,7 +62,7 @@ def bundle(bd: BuildDir, scenarios: Path, out: Path) -> Path:
         for name in SOURCES:
             tar.add(REPO / name, f"memuse-kit/{name}", filter=_no_caches)
         tar.add(wheelhouse(), "wheels")
-        tar.add(scenarios, "memuse-scenarios")
+        tar.add(scenarios, Path(SCENARIOS).name)
         tar.add(bd.metadata, f".cache/memuse-kit/builds/{bd.root.name}/metadata.json")
         tar.add(bd.artifacts, f".cache/memuse-kit/builds/{bd.root.name}/artifacts")
     return out

@@ -49,6 +49,8 @@ class FakeSystem(Runner):
 
     def run(self, cmd, **kwargs):
         self.commands.append(list(cmd))
+        if cmd[:2] == ["sudo", "sh"]:  # writes into the host's directories: run it for real
+            subprocess.run(cmd[1:], stdin=subprocess.DEVNULL, check=True, timeout=30)
         if "dpkg" in cmd and "-i" in cmd:
             text = self.host.grub_cfg.read_text()
             self.host.grub_cfg.write_text(text.replace("\t}\n}\n", "\t}\n" + NEW_ENTRY + "}\n"))
@@ -347,8 +349,8 @@ def test_a_newest_memuse_kernel_keeps_the_running_kernel_as_grubs_default(built,
         ["sudo", "dpkg"], ["sudo", "sh"], ["sudo", "update-grub"],
         ["sudo", "grub-set-default"], ["sudo", "grub-reboot"],
     ]  # fmt: skip
-    assert f"> {drop_in}" in system.commands[1][-1]
-    assert "GRUB_DEFAULT=saved" in system.commands[1][-1]
+    assert drop_in.read_text() == install.GRUB_DROP_IN_TEXT  # written by the real command
+    assert install.grub_default(newest) == "saved"
     assert system.commands[3] == ["sudo", "grub-set-default", RUNNING_ENTRY]
     assert system.commands[4] == ["sudo", "grub-reboot", ENTRY]
 
@@ -426,3 +428,12 @@ def test_a_record_from_before_the_schema_number_still_installs(built, host):
     system = FakeSystem(host)
     install.install(bd, tree, host, system)
     assert ["sudo", "dpkg", "-i", *debs(bd)] in system.commands
+
+
+def test_a_pin_that_does_not_take_stops_before_arming_the_boot(built, newest, monkeypatch):
+    tree, bd = built
+    system = FakeSystem(newest)
+    monkeypatch.setattr(install, "GRUB_DROP_IN_TEXT", "# GRUB_DEFAULT=saved is not set here\n")
+    with pytest.raises(KitError, match="could not set GRUB_DEFAULT=saved"):
+        install.install(bd, tree, newest, system)
+    assert [c[1] for c in system.commands] == ["dpkg", "sh"]  # no grub-reboot

@@ -320,8 +320,16 @@ def keep_default(plan: InstallPlan, host: Host, runner: Runner) -> None:
     sudo = host.sudo()
     if grub_default(host) != "saved":
         drop_in = host.default_grub_dir / DROP_IN_NAME
-        write = f"mkdir -p {shlex.quote(str(drop_in.parent))} && cat > {shlex.quote(str(drop_in))}"
-        runner.run([*sudo, "sh", "-c", f"printf %s {shlex.quote(GRUB_DROP_IN_TEXT)} | {write}"])
+        write = (
+            f"mkdir -p {shlex.quote(str(drop_in.parent))} && "
+            f"printf %s {shlex.quote(GRUB_DROP_IN_TEXT)} > {shlex.quote(str(drop_in))}"
+        )
+        runner.run([*sudo, "sh", "-c", write])
+        if not runner.dry_run and grub_default(host) != "saved":
+            raise KitError(
+                f"could not set GRUB_DEFAULT=saved in {drop_in}; nothing is armed: "
+                f"{plan.release} is installed, and GRUB's first entry boots it from now on"
+            )
         runner.run([*sudo, "update-grub"])
     runner.run([*sudo, "grub-set-default", plan.keep])
     if not runner.dry_run:
