@@ -14,7 +14,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Set, Tuple
 
 import pytest
 
@@ -148,6 +148,14 @@ def assert_booted_from_disk_through_grub(m: machine.Machine, release: str) -> No
     assert ok(m, ["ls", f"/boot/initrd.img-{release}"])
 
 
+def kernel_stacks(table: str) -> Set[int]:
+    """The kernel stack column of the experiment's table, whose cells are "memuse [smaps]"."""
+    rows = [re.findall(r"(\d+) \[(\d+)\]", line) for line in table.splitlines()]
+    cells = [row[1] for row in rows if len(row) == 5]
+    assert len(cells) == 4 and all(ours == smaps for ours, smaps in cells), table
+    return {int(ours) for ours, _ in cells}
+
+
 def assert_kernel_log_clean(m: machine.Machine) -> None:
     problems = [line for line in ok(m, ["sudo", "dmesg"]).splitlines() if is_report(line)]
     assert problems == []
@@ -196,6 +204,7 @@ def test_install_reboot_fall_back_default_uninstall(booted, measured):
     measured += [f"memuse experiment in the test machine ({release}, booted through GRUB):"]
     measured += table.splitlines()
     assert "heap active" in table.lower()
+    assert kernel_stacks(table) == {16384}  # THREAD_SIZE on x86_64 without KASAN
     assert_kernel_log_clean(m)
 
     # 3: one-shot: the next boot is the stock kernel again
