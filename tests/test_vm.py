@@ -204,7 +204,7 @@ def test_experiment_hello_module_and_benchmark_in_the_vm(vm_kernel, measured):
     assert result.status == 0, "\n".join(result.output[-40:])
     figures = json.loads(next(line for line in result.output if line.startswith('{"')))
     measured += [f"memuse experiment on {spec}:", *experiment_lines(result.output)]
-    measured += [f"scripts/bench-memuse on {spec} (vm config: KASAN, lockdep):"]
+    measured += [f"scripts/bench-memuse on {spec} (vm-debug config: KASAN, lockdep):"]
     measured += [f"  {line}" for line in bench_lines(result.output)]
     text = "\n".join(result.output)
     assert "heap active" in text.lower()
