@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
-from memuse_kit.building import artifacts, compiler, kconfig, preflight
+from memuse_kit.building import artifacts, compiler, kconfig, mounts, preflight
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
@@ -136,6 +136,8 @@ class Builder:
         self._precondition(preflight.check_not_root)
         self._precondition(lambda: preflight.check_packages(self.kernel))
         self._precondition(lambda: preflight.check_disk(self.bd.root, self.options.config))
+        if self.options.localmodconfig and self.options.lsmod is None:
+            self._precondition(mounts.check_boot_mounts)
         self.cc = self._compiler()
         nr = patcher.recorded_number(self.tree)
         if nr is None and self.options.dry_run:
