@@ -6,19 +6,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from memuse_kit.cli import one_line_errors
+from memuse_kit.cli import VERBOSITY_HELP, one_line_errors
 from memuse_kit.core.errors import KitError
 from memuse_kit.handoff import hand_on, handed_build, handed_tree
 from memuse_kit.patching import patch_step
 from memuse_kit.trees.workspace import remember_tree, resolve_tree
 
 
-@task(
+def kit_task(*args: Any, help: Optional[Dict[str, str]] = None, **kwargs: Any) -> Any:
+    """Invoke's @task, with the help of the -v/-q flags every task gets from one_line_errors."""
+    return task(*args, help={**(help or {}), **VERBOSITY_HELP}, **kwargs)
+
+
+@kit_task(
     help={
         "source": "ubuntu-hwe-5.11 (default), debian:X.Y, kernel.org:X.Y[.Z]",
         "tree": "use a kernel tree you already have instead of downloading one",
@@ -35,7 +40,7 @@ def fetch(
     fetch_command(source=source, tree=tree, dry_run=dry_run)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree to patch (default: the last fetched source)",
         "source": "fetch this source first and patch its tree",
@@ -65,7 +70,7 @@ def patch(
     hand_on(c, tree=root)
 
 
-@task(
+@kit_task(
     iterable=["tree"],
     help={
         "check": "fail if a shipped patch differs from what the templates give (no tree needed)",
@@ -80,7 +85,7 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
     regenerate_all([Path(t).expanduser().resolve() for t in tree or []], check=check)
 
 
-@task(
+@kit_task(
     iterable=["fragment"],
     help={
         "tree": "kernel tree to build (default: the last fetched source)",
@@ -138,7 +143,7 @@ def build(
         hand_on(c, tree=result.tree, build=result.build_dir.root)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree whose packages to install (default: the last fetched source)",
         "config": "which build of the tree (default: the latest successful one)",
@@ -167,7 +172,7 @@ def install(
     remember_tree(tree, dry_run)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree whose kernel to remove (default: the last fetched source)",
         "config": "which build of the tree (default: the latest successful one)",
@@ -189,7 +194,7 @@ def uninstall(
     uninstall_command(handed_tree(c, tree, None), config, release, dry_run)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree whose build to boot (default: the last fetched source)",
         "source": "use this source's tree",
@@ -227,7 +232,7 @@ def vm(
         raise Exit(code=status)
 
 
-@task(
+@kit_task(
     help={
         "create": "build the image when the cache has none for the current recipe",
         "rebuild": "build it again even when it is cached",
@@ -241,7 +246,7 @@ def machine(c: Context, create: bool = False, rebuild: bool = False) -> None:
     machine_command(create=create, rebuild=rebuild)
 
 
-@task(
+@kit_task(
     help={
         "name": "module under memuse_kit/templates/ (default: hello)",
         "tree": "kernel tree whose build to compile against",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -20,7 +19,7 @@ from memuse_kit.core.cache import ccache_dir
 from memuse_kit.core.clock import now
 from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say, warn
+from memuse_kit.core.output import problem, report, say, warn
 from memuse_kit.core.runner import Runner
 from memuse_kit.patching import patcher, probes
 from memuse_kit.trees.kernel_version import KernelVersion, read_tree_version
@@ -121,7 +120,7 @@ class Builder:
         except KitError as error:
             if not self.options.dry_run:
                 raise
-            say(f"# a real build would stop here: {error}")
+            report(f"# a real build would stop here: {error}")
 
     def _compiler(self) -> compiler.Compiler:
         try:
@@ -129,7 +128,7 @@ class Builder:
         except KitError as error:
             if not self.options.dry_run:
                 raise
-            say(f"# a real build would stop here: {error}")
+            report(f"# a real build would stop here: {error}")
             return compiler.Compiler(compiler.rule_for(self.kernel).candidates[0], "?", None)
 
     def preflight(self) -> None:
@@ -266,14 +265,14 @@ class Builder:
 
     def _announce(self, step: str) -> None:
         if self.runner.dry_run:
-            say(f"# {step} (dry run: printed, not run)")
+            report(f"# {step} (dry run: printed, not run)")
 
     def _check(self, status: int, progress: BuildProgress, what: str) -> None:
         if status == 0:
             return
         self.writer.update(error=progress.errors[:10])
         for line in progress.errors[:10]:
-            print(f"  {line}", file=sys.stderr)
+            problem(f"  {line}")
         raise KitError(f"{what} failed (status {status}); full log: {self.bd.log}")
 
     def run(self) -> BuildResult:
@@ -316,8 +315,8 @@ def build(options: BuildOptions) -> BuildResult:
     if options.dry_run:
         return result
     if result.compiled == 0:
-        say("nothing to compile: the kernel was up to date")
-    say(f"kernel {result.release}: packages in {result.build_dir.artifacts}")
+        report("nothing to compile: the kernel was up to date")
+    report(f"kernel {result.release}: packages in {result.build_dir.artifacts}")
     for package in result.packages:
-        say(f"  {package.name}")
+        report(f"  {package.name}")
     return result

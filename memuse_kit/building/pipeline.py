@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 from memuse_kit.building import kconfig, preflight
 from memuse_kit.building.build import BuildOptions, BuildResult, build
 from memuse_kit.core.cache import builds_dir, trees_dir
-from memuse_kit.core.output import say
+from memuse_kit.core.output import report
 from memuse_kit.patching import patcher
 from memuse_kit.patching.patch_step import clean_before_run
 from memuse_kit.trees.workspace import NotFetched, resolve_tree
@@ -19,13 +19,15 @@ def ensure_patched(tree: Path, dry_run: bool = False) -> patcher.PatchPlan:
         clean_before_run(tree)
     plan = patcher.plan_patch(tree)
     if not plan.changed:
-        say(f"{tree}: memuse (syscall {plan.nr}) already patched in")
+        report(f"{tree}: memuse (syscall {plan.nr}) already patched in")
         return plan
     if dry_run:
-        say(f"# patch: would patch {', '.join(f.path for f in plan.changed)} (syscall {plan.nr})")
+        report(
+            f"# patch: would patch {', '.join(f.path for f in plan.changed)} (syscall {plan.nr})"
+        )
         return plan
     patcher.apply_plan(plan)
-    say(f"{tree}: patched memuse in as syscall {plan.nr} ({len(plan.changed)} files)")
+    report(f"{tree}: patched memuse in as syscall {plan.nr} ({len(plan.changed)} files)")
     return plan
 
 
@@ -66,4 +68,4 @@ def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:
         "# compile: would run make O=<build dir>/obj -j<jobs> in the tree",
         "# package: would run make bindeb-pkg, packages into <build dir>/artifacts",
     ):
-        say(line)
+        report(line)

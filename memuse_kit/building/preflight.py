@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.runner import Runner
 from memuse_kit.trees.kernel_version import KernelVersion
 
 
@@ -105,7 +105,7 @@ def check_disk(path: Path, config: str) -> None:
 def pahole_version() -> Optional[Tuple[int, int]]:
     if not shutil.which("pahole"):
         return None
-    out = subprocess.run(["pahole", "--version"], capture_output=True, text=True, check=False)
+    out = Runner().run(["pahole", "--version"], check=False, mutates=False)
     text = out.stdout.strip().lstrip("v")
     try:
         major, minor = text.split(".")[:2]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from memuse_kit.core.cache import trees_dir
-from memuse_kit.core.output import say
+from memuse_kit.core.output import report, say
 from memuse_kit.core.safety import check_output_path
 from memuse_kit.patching import patcher, patchfile
 
@@ -38,12 +38,12 @@ def patch_tree(tree: Path, out: Optional[str] = None, dry_run: bool = False) -> 
     plan = patcher.plan_patch(tree)
     path = output_path(plan, None if out is None else str(out))
     text = patchfile.render_patch(plan)
-    say(f"kernel {plan.kernel} in {tree}: memuse is syscall number {plan.nr}")
+    report(f"kernel {plan.kernel} in {tree}: memuse is syscall number {plan.nr}")
     for file in plan.files:
         state = "would change" if dry_run else "changed"
-        say(f"  {state if file.needs_write else 'unchanged'}: {file.path}")
+        report(f"  {state if file.needs_write else 'unchanged'}: {file.path}")
     if dry_run:
-        say(f"  would write the patch: {path}")
+        report(f"  would write the patch: {path}")
         return plan
     saved = patcher.TreeState(tree).saved()
     patcher.apply_plan(plan)
@@ -52,7 +52,7 @@ def patch_tree(tree: Path, out: Optional[str] = None, dry_run: bool = False) -> 
     except BaseException:
         patcher.undo_apply(plan, saved)
         raise
-    say(f"  patch: {path}{'' if changed else ' (unchanged)'}")
+    report(f"  patch: {path}{'' if changed else ' (unchanged)'}")
     return plan
 
 
@@ -61,15 +61,15 @@ def revert_tree(tree: Path, dry_run: bool = False) -> None:
         plan = patcher.plan_patch(tree)
         restore = [file.path for file in plan.files if file.current != file.original]
         for path in restore:
-            say(f"  would restore: {path}")
+            report(f"  would restore: {path}")
         if not restore:
-            say(f"{tree} has no memuse-kit edits: nothing would be restored")
+            report(f"{tree} has no memuse-kit edits: nothing would be restored")
         return
     clean_before_run(tree)
     result = patcher.revert(tree)
     if not result.was_patched:
-        say(f"{tree} is not patched by memuse-kit: nothing to revert")
+        report(f"{tree} is not patched by memuse-kit: nothing to revert")
         return
     for path in result.restored:
-        say(f"  restored: {path}")
-    say(f"{tree} is pristine again")
+        report(f"  restored: {path}")
+    report(f"{tree} is pristine again")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say
+from memuse_kit.core.output import report
 from memuse_kit.patching import patchfile
 from memuse_kit.patching.patcher import plan_patch, render_edits
 from memuse_kit.trees.kernel_version import parse_makefile
@@ -100,7 +100,7 @@ def regenerate_all(trees: Sequence[Path] = (), check: bool = False) -> None:
         problems = check_all()
         if problems:
             raise KitError("; ".join(problems) + " (run: invoke patches)")
-        say(f"every patch in {patchfile.PATCHES_DIR} matches the templates")
+        report(f"every patch in {patchfile.PATCHES_DIR} matches the templates")
         return
     from memuse_kit.trees.fetch import fetch_source
 
@@ -116,4 +116,6 @@ def regenerate_all(trees: Sequence[Path] = (), check: bool = False) -> None:
 def _write_one(tree: Path) -> None:
     plan = plan_patch(tree)
     path, changed = patchfile.write_patch(plan)
-    say(f"{path.name}: {'written' if changed else 'unchanged'} (Linux {plan.kernel}, nr {plan.nr})")
+    report(
+        f"{path.name}: {'written' if changed else 'unchanged'} (Linux {plan.kernel}, nr {plan.nr})"
+    )
