@@ -15,6 +15,7 @@ from memuse_kit.cli import one_line_errors
 from memuse_kit.core.errors import KitError
 from memuse_kit.handoff import hand_on, handed_build, handed_tree
 from memuse_kit.patching import patch_step
+from memuse_kit.patching.spec import check_syscall_name
 from memuse_kit.trees.workspace import remember_tree, resolve_tree
 
 
@@ -36,31 +37,36 @@ def fetch(
 
 
 @task(
+    iterable=["syscall"],
     help={
         "tree": "kernel tree to patch (default: the last fetched source)",
         "source": "fetch this source first and patch its tree",
-        "out": "patch file to write (default: patches/memuse-<kernelversion>.patch)",
-        "revert": "restore every edited file byte for byte",
+        "syscall": "a syscall to add, by name (repeatable; default: the ones the tree has, "
+        "else memuse); with --revert, one to take out (default: all)",
+        "out": "patch file to write (default: patches/<source>-<version>-<syscalls>.patch)",
+        "revert": "restore every edited file byte for byte (or take out --syscall ones)",
         "dry-run": "show what would change, write nothing",
-    }
+    },
 )
 @one_line_errors
 def patch(
     c: Context,
     tree: Optional[str] = None,
     source: Optional[str] = None,
+    syscall: Optional[List[str]] = None,
     out: Optional[str] = None,
     revert: bool = False,
     dry_run: bool = False,
 ) -> None:
-    """Add the memuse syscall to a tree (number chosen from its tables) and write the patch."""
+    """Add syscalls to a tree (numbers chosen from its tables) and write the patch."""
     if revert and out is not None:
         raise KitError("--out and --revert do not go together")
+    names = [check_syscall_name(name) for name in syscall or []]
     root = resolve_tree(handed_tree(c, tree, source), source, dry_run=dry_run)
     if revert:
-        patch_step.revert_tree(root, dry_run=dry_run)
+        patch_step.revert_tree(root, dry_run=dry_run, syscalls=names)
     else:
-        patch_step.patch_tree(root, out, dry_run=dry_run)
+        patch_step.patch_tree(root, out, dry_run=dry_run, syscalls=names)
     remember_tree(tree, dry_run)
     hand_on(c, tree=root)
 

@@ -20,7 +20,7 @@ import pytest
 from tests.fakelinux import make_fake_buildable_tree
 from tests.safety_support import fingerprint, invoke, memuse, run_all
 
-SYS_C = "kernel/sys.c"
+MAKEFILE = "kernel/Makefile"
 TBL64 = "arch/x86/entry/syscalls/syscall_64.tbl"
 
 
@@ -85,10 +85,10 @@ def _mixed_endings(world: World) -> None:
 
 
 def _symlinked_target(world: World) -> None:
-    sys_c = world.tree / SYS_C
-    (world.out / "sys.c").write_bytes(sys_c.read_bytes())
-    sys_c.unlink()
-    sys_c.symlink_to(world.out / "sys.c")
+    makefile = world.tree / MAKEFILE
+    (world.out / "Makefile").write_bytes(makefile.read_bytes())
+    makefile.unlink()
+    makefile.symlink_to(world.out / "Makefile")
 
 
 def _foreign_memuse(world: World) -> None:
@@ -118,7 +118,7 @@ ROWS = [
     Row("fetch-unknown-source", lambda w: ["fetch", "--source", "bogus:1"], "unknown source"),
     Row("fetch-bad-release", lambda w: ["fetch", "--source", "kernel.org:x.y"], "unknown source"),
     Row("fetch-missing-tree", lambda w: ["fetch", "--tree", "/nonexistent/x"], "kernel tree"),
-    Row("fetch-not-a-tree", lambda w: ["fetch", "--tree", f"{T(w)}/kernel"], "kernel tree"),
+    Row("fetch-not-a-tree", lambda w: ["fetch", "--tree", f"{T(w)}/include"], "kernel tree"),
     Row(
         "fetch-both",
         lambda w: ["fetch", "--tree", T(w), "--source", "debian:7.2"],
@@ -199,7 +199,7 @@ ROWS = [
         "state-wrong-types",
         lambda w: ["patch", "--tree", T(w)],
         "lists no files",
-        setup=lambda w: _state(w, _record(["kernel/sys.c"])),
+        setup=lambda w: _state(w, _record([MAKEFILE])),
     ),
     Row(
         "state-names-outside",
@@ -234,8 +234,8 @@ ROWS = [
     Row(
         "target-missing",
         lambda w: ["patch", "--tree", T(w)],
-        "lacks kernel/sys.c",
-        setup=lambda w: (w.tree / SYS_C).unlink(),
+        "lacks kernel/Makefile",
+        setup=lambda w: (w.tree / MAKEFILE).unlink(),
     ),
     Row(
         "foreign-memuse",

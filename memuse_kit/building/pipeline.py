@@ -15,17 +15,19 @@ from memuse_kit.trees.workspace import NotFetched, resolve_tree
 
 
 def ensure_patched(tree: Path, dry_run: bool = False) -> patcher.PatchPlan:
+    """The tree with the syscalls it has brought up to date (memuse on a pristine tree)."""
     if not dry_run:
         clean_before_run(tree)
     plan = patcher.plan_patch(tree)
+    numbers = patcher.describe_numbers(plan.numbers)
     if not plan.changed:
-        say(f"{tree}: memuse (syscall {plan.nr}) already patched in")
+        say(f"{tree}: already patched ({numbers})")
         return plan
     if dry_run:
-        say(f"# patch: would patch {', '.join(f.path for f in plan.changed)} (syscall {plan.nr})")
+        say(f"# patch: would patch {', '.join(f.path for f in plan.changed)} ({numbers})")
         return plan
     patcher.apply_plan(plan)
-    say(f"{tree}: patched memuse in as syscall {plan.nr} ({len(plan.changed)} files)")
+    say(f"{tree}: patched ({numbers}; {len(plan.changed)} files)")
     return plan
 
 
@@ -51,7 +53,7 @@ def build_chain(
 
     options = BuildOptions(tree=root, config=config, fragments=tuple(fragments), **flags)  # type: ignore[arg-type]
     options.source = source_record(root)
-    options.planned_nr = plan.nr
+    options.planned_syscalls = plan.numbers
     return build(options)
 
 
@@ -61,7 +63,7 @@ def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:
     extra = "".join(f" + {fragment}" for fragment in fragments)
     for line in (
         f"# fetch: would download and unpack {spec} into {trees_dir()}",
-        "# patch: would add memuse to the fetched tree (number chosen from its tables)",
+        "# patch: would add memuse to the fetched tree (numbers chosen from its tables)",
         f"# configure: would generate the {config}{extra} configuration in {builds_dir()}",
         "# compile: would run make O=<build dir>/obj -j<jobs> in the tree",
         "# package: would run make bindeb-pkg, packages into <build dir>/artifacts",
