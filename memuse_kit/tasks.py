@@ -13,6 +13,7 @@ from invoke.exceptions import Exit
 
 from memuse_kit.cli import one_line_errors
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import say
 from memuse_kit.handoff import hand_on, handed_build, handed_tree
 from memuse_kit.patching import patch_step
 from memuse_kit.patching.spec import check_syscall_name
@@ -271,4 +272,50 @@ def module(
     remember_tree(tree, dry_run)
 
 
-namespace = Collection(fetch, patch, patches, build, install, uninstall, vm, machine, module)
+@task(
+    iterable=["arg", "abi", "header"],
+    help={
+        "name": "the syscall's name (a C identifier, lower case)",
+        "arg": "a parameter, its C type then its name, e.g. 'pid_t pid' (repeatable, in order)",
+        "description": "what it does, in one line",
+        "abi": "x86_64, i386 or generic (repeatable; default: all three)",
+        "header": "a header its body needs, e.g. linux/fdtable.h (repeatable)",
+        "min-kernel": "the oldest kernel series it is for (default 5.10)",
+        "into": "the directory to create NAME/ in (default: the kit's syscalls in the "
+        "repository, else $MEMUSE_KIT_SYSCALLS or ~/.config/memuse-kit/syscalls)",
+        "dry-run": "check everything, say what would be created, write nothing",
+    },
+)
+@one_line_errors
+def new(
+    c: Context,
+    name: str,
+    arg: Optional[List[str]] = None,
+    description: Optional[str] = None,
+    abi: Optional[List[str]] = None,
+    header: Optional[List[str]] = None,
+    min_kernel: str = "5.10",
+    into: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Scaffold a new syscall: syscall.toml, a body returning -ENOSYS, a guest test stub."""
+    from memuse_kit.patching import scaffold
+
+    wanted = scaffold.request(name, arg or [], description, abi or [], header or [], min_kernel)
+    scaffold.create(wanted, scaffold.target_dir(into), dry_run=dry_run)
+
+
+@task(name="list")
+@one_line_errors
+def list_syscalls(c: Context) -> None:
+    """The syscalls the kit knows, and where each one's folder is."""
+    from memuse_kit.patching import spec
+
+    for loaded in spec.load_specs(spec.available()):
+        say(f"{loaded.signature}: {loaded.description} ({loaded.folder})")
+
+
+syscall = Collection("syscall", new, list_syscalls)
+namespace = Collection(
+    fetch, patch, patches, build, install, uninstall, vm, machine, module, syscall
+)
