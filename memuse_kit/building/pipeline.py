@@ -14,11 +14,14 @@ from memuse_kit.patching.patch_step import clean_before_run
 from memuse_kit.trees.workspace import NotFetched, resolve_tree
 
 
-def ensure_patched(tree: Path, dry_run: bool = False) -> patcher.PatchPlan:
-    """The tree with the syscalls it has brought up to date (memuse on a pristine tree)."""
+def ensure_patched(
+    tree: Path, dry_run: bool = False, syscalls: Sequence[str] = ()
+) -> patcher.PatchPlan:
+    """The tree with the syscalls it has brought up to date, and `syscalls` added (memuse
+    on a tree that has none)."""
     if not dry_run:
         clean_before_run(tree)
-    plan = patcher.plan_patch(tree)
+    plan = patcher.plan_patch(tree, syscalls)
     numbers = patcher.describe_numbers(plan.numbers)
     if not plan.changed:
         say(f"{tree}: already patched ({numbers})")
