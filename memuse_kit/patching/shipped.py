@@ -20,12 +20,11 @@ from memuse_kit.patching import patchfile, spec
 from memuse_kit.patching.patcher import (
     PatchPlan,
     plan_fresh,
-    plan_patch,
     render_edits,
     uses_tree_facts,
 )
 from memuse_kit.patching.targets import Placed, source_path
-from memuse_kit.trees.kernel_version import parse_makefile
+from memuse_kit.trees.kernel_version import parse_makefile, read_tree_version
 
 # What ships: for each source, the syscall sets (in the order their numbers are given).
 # A --tree of the same X.Y stands in for a source that cannot be fetched here.
@@ -149,7 +148,7 @@ def regenerate_all(trees: Sequence[Path] = (), check: bool = False) -> None:
         return
     from memuse_kit.trees.fetch import fetch_source
 
-    given = {plan_patch(tree).kernel.short: tree for tree in trees}
+    given = {read_tree_version(tree).short: tree for tree in trees}
     for source in SHIPPED_SOURCES:
         series = source.split(":", 1)[1]
         tree = given.pop(series, None) or fetch_source(source, explicit=True).tree
