@@ -98,6 +98,18 @@ def _foreign_memuse(world: World) -> None:
     )
 
 
+def _foreign_fdcount(world: World) -> None:
+    table = world.tree / TBL64
+    table.write_text(
+        table.read_text().replace("\n\n#\n# Due", "\n472\tcommon\tfdcount\tx\n\n#\n# Due")
+    )
+
+
+def _new(world: World, *args: str) -> List[str]:
+    """invoke syscall.new ... into a directory of the test's (never the repository)."""
+    return ["syscall.new", *args, "--into", str(world.root / "mine")]
+
+
 def _no_anchor(world: World) -> None:
     header = world.tree / "include/linux/syscalls.h"
     header.write_text(header.read_text().replace("Architecture-specific", "Arch specific"))
@@ -244,6 +256,35 @@ ROWS = [
         setup=_foreign_memuse,
     ),
     Row("missing-anchor", lambda w: ["patch", "--tree", T(w)], "anchor", setup=_no_anchor),
+    # patch: which syscalls
+    Row(
+        "syscall-unknown",
+        lambda w: ["patch", "--tree", T(w), "--syscall", "nosuch"],
+        "no syscall named 'nosuch'",
+    ),
+    Row(
+        "syscall-bad-name",
+        lambda w: ["patch", "--tree", T(w), "--syscall", "../x"],
+        "is not a syscall name",
+    ),
+    Row(
+        "syscall-revert-bad-name",
+        lambda w: ["patch", "--revert", "--tree", T(w), "--syscall", "Bad Name"],
+        "is not a syscall name",
+    ),
+    Row(
+        "syscall-clash",
+        lambda w: ["patch", "--tree", T(w), "--syscall", "fdcount"],
+        "already has a fdcount syscall",
+        setup=_foreign_fdcount,
+    ),
+    # syscall.new
+    Row("new-bad-name", lambda w: _new(w, "9lives"), "is not a syscall name"),
+    Row("new-bad-type", lambda w: _new(w, "x", "--arg", "float f"), "type 'float'"),
+    Row("new-bad-arg", lambda w: _new(w, "x", "--arg", "int"), "is not a C parameter"),
+    Row("new-bad-abi", lambda w: _new(w, "x", "--abi", "arm64"), "unknown ABI 'arm64'"),
+    Row("new-i386-long", lambda w: _new(w, "x", "--arg", "long off"), "zero-extended"),
+    Row("new-exists", lambda w: _new(w, "memuse"), "exists already"),
     # build --dry-run
     Row("build-jobs-text", lambda w: ["build", "--dry-run", "--jobs", "abc"], "--jobs"),
     Row("build-jobs-negative", lambda w: ["build", "--dry-run", "--jobs=-3"], "--jobs"),
@@ -395,7 +436,7 @@ def outcomes(tmp_path_factory, victim) -> Dict[str, Outcome]:
 def test_there_are_enough_rows_in_every_class():
     assert len(ROWS) >= 40
     tasks = {row.argv(World(Path("/t"), Path("/t"), Path("/c"), Path("/o")))[0] for row in ROWS}
-    assert {"fetch", "patch", "build", "install", "vm", "module"} <= tasks
+    assert {"fetch", "patch", "build", "install", "vm", "module", "syscall.new"} <= tasks
     assert sum(row.client for row in ROWS) >= 8
 
 

@@ -118,9 +118,10 @@ def create(req: Request, directory: Path, dry_run: bool = False) -> Path:
         where = folder if os.path.lexists(folder) else "the kit"
         raise KitError(f"a syscall named {req.name} exists already ({where}): choose another name")
     files = render_files(req, folder)
+    # checked where nothing of the user's is touched, so that a refusal leaves no trace
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as scratch:
+        _write_checked(Path(scratch) / req.name, files, folder)
     if dry_run:
-        with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as scratch:
-            _write_checked(Path(scratch) / req.name, files, folder)
         say(f"would create {folder}: {', '.join(name for name, _ in files)}")
         return folder
     directory.mkdir(parents=True, exist_ok=True)
