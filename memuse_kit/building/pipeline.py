@@ -11,6 +11,7 @@ from memuse_kit.core.cache import builds_dir, trees_dir
 from memuse_kit.core.output import say
 from memuse_kit.patching import patcher
 from memuse_kit.patching.patch_step import clean_before_run
+from memuse_kit.patching.spec import DEFAULT_SYSCALLS
 from memuse_kit.trees.workspace import NotFetched, resolve_tree
 
 
@@ -66,7 +67,8 @@ def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:
     extra = "".join(f" + {fragment}" for fragment in fragments)
     for line in (
         f"# fetch: would download and unpack {spec} into {trees_dir()}",
-        "# patch: would add memuse to the fetched tree (numbers chosen from its tables)",
+        f"# patch: would add {' and '.join(DEFAULT_SYSCALLS)} to the fetched tree "
+        "(numbers chosen from its tables)",
         f"# configure: would generate the {config}{extra} configuration in {builds_dir()}",
         "# compile: would run make O=<build dir>/obj -j<jobs> in the tree",
         "# package: would run make bindeb-pkg, packages into <build dir>/artifacts",
