@@ -550,45 +550,64 @@ def plan_fresh(tree: Path, names: Sequence[str]) -> PatchPlan:
     return _plan(tree, names, fresh=True)
 
 
+@dataclass(frozen=True)
+class _Pristine:
+    """The files a plan reads: as they are now, as they were before memuse-kit, and that
+    pristine text with LF endings (the edits are made in LF, then given each file's style)."""
+
+    current: Dict[str, Content]
+    original: Dict[str, Content]
+    text: Dict[str, Optional[str]]
+    styles: Dict[str, LineStyle]
+
+    @classmethod
+    def read(cls, tree: Path, state: TreeState, paths: Sequence[str]) -> _Pristine:
+        current = {rel: _read_optional(tree, rel) for rel in paths}
+        original = {rel: state.pristine(rel, data) for rel, data in current.items()}
+        styles = {
+            rel: LineStyle.of(str(tree / rel), _text(data))
+            for rel, data in original.items()
+            if data is not None
+        }
+        text = {
+            rel: None if data is None else styles[rel].normalized(_text(data))
+            for rel, data in original.items()
+        }
+        return cls(current, original, text, styles)
+
+    def present(self) -> Dict[str, str]:
+        return {rel: text for rel, text in self.text.items() if text is not None}
+
+
 def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
     kernel = read_tree_version(tree)
     specs = spec.load_specs(wanted)
     state = TreeState(tree)
     recorded = {} if fresh else state.syscalls()
-    paths = _present_targets(tree)
-    paths += [source_path(s.name) for s in specs]
+    paths = _present_targets(tree) + [source_path(s.name) for s in specs]
     paths += [rel for rel in state.files() if rel not in paths]
-    current = {rel: _read_optional(tree, rel) for rel in paths}
-    pristine = {rel: state.pristine(rel, data) for rel, data in current.items()}
+    files = _Pristine.read(tree, state, paths)
     added = [name for name in wanted if name not in recorded]
-    _check_no_clash(tree, pristine, added)
-    styles = {
-        rel: LineStyle.of(str(tree / rel), _text(data))
-        for rel, data in pristine.items()
-        if data is not None
-    }
-    pristine_text = {
-        rel: None if data is None else styles[rel].normalized(_text(data))
-        for rel, data in pristine.items()
-    }
+    _check_no_clash(tree, files.original, added)
     check_requirements(tree, specs)
-    present_text = {rel: text for rel, text in pristine_text.items() if text is not None}
     kept = {name: nr for name, nr in recorded.items() if name in wanted}
-    numbers = assign_numbers(present_text, kept, added)
+    numbers = assign_numbers(files.present(), kept, added)
     placed = sorted(
         (Placed(s, numbers[s.name], declared_probes(tree, s)) for s in specs),
         key=lambda p: p.nr,
     )
     facts = probes.probe_tree(tree) if any(uses_tree_facts(s) for s in specs) else None
     try:
-        rendered = render_edits(pristine_text, kernel, placed, facts)
+        rendered = render_edits(files.text, kernel, placed, facts)
     except KitError as error:
         raise KitError(f"{tree}/{error}") from None
-    files = [
-        FilePlan(rel, pristine[rel], current[rel], _restyle(styles.get(rel), rendered[rel]))
-        for rel in sorted(rendered)
+    plans = [
+        FilePlan(
+            rel, files.original[rel], files.current[rel], _restyle(files.styles.get(rel), text)
+        )
+        for rel, text in sorted(rendered.items())
     ]
-    return PatchPlan(tree, kernel, tuple(placed), files, facts)
+    return PatchPlan(tree, kernel, tuple(placed), plans, facts)
 
 
 def _restyle(style: Optional[LineStyle], text: Optional[str]) -> Content:
