@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 
@@ -62,16 +62,20 @@ def compile_check(tree: Path, obj: Path, names: Sequence[str]) -> Dict[str, byte
     }
 
 
-def check_patch_file(tree: Path, text: str, tmp_path: Path) -> None:
+def checkpatch(tree: Path, text: str, tmp_path: Path) -> List[str]:
+    """The ERROR and WARNING lines scripts/checkpatch.pl gives a patch (after git apply and
+    patch -p1 have checked that it applies)."""
     patch_file = tmp_path / "kit.patch"
     patch_file.write_text(text)
     for cmd in (["git", "apply", "--check"], ["patch", "-p1", "--dry-run", "-s", "-i"]):
         subprocess.run([*cmd, str(patch_file)], cwd=tree, check=True)
-    checkpatch = subprocess.run(
+    done = subprocess.run(
         ["perl", "scripts/checkpatch.pl", "-q", str(patch_file)],
         cwd=tree, capture_output=True, text=True,
     )  # fmt: skip
-    assert checkpatch.returncode == 0, checkpatch.stdout
+    found = [line for line in done.stdout.splitlines() if line.startswith(("ERROR", "WARNING"))]
+    assert (done.returncode == 0) == (found == []), done.stdout
+    return found
 
 
 def check_tree(cached: Path, name: str, tmp_path: Path, stub: str) -> None:
@@ -81,7 +85,13 @@ def check_tree(cached: Path, name: str, tmp_path: Path, stub: str) -> None:
         plan = patcher.plan_patch(copy, names)
         first = KNOWN_NUMBERS[plan.kernel.short]
         assert plan.numbers == {n: first + i for i, n in enumerate(names)}
-        check_patch_file(copy, patchfile.render_patch(plan), tmp_path)
+        shipped_set = patchfile.render_patch(patcher.plan_fresh(copy, TESTED_SYSCALLS))
+        assert checkpatch(copy, shipped_set, tmp_path) == []
+        # the stub's one warning is its placeholder's: until its body is written it answers
+        # as a syscall that is not there would
+        assert checkpatch(copy, patchfile.render_patch(plan), tmp_path) == [
+            "WARNING: ENOSYS means 'invalid syscall nr' and nothing else"
+        ]
         patcher.apply_plan(plan)
         assert patcher.plan_patch(copy).changed == []
         symbols = compile_check(copy, tmp_path / "obj", names)
