@@ -265,3 +265,19 @@ def test_a_tree_patched_by_the_first_version_reverts_byte_exact(tree):
     pristine = _patched_by_the_first_version(tree)
     patcher.revert(tree)
     assert snapshot(tree) == pristine
+
+
+def test_maintainers_sections_stay_in_alphabetical_order(tree, tmp_path, monkeypatch):
+    """Two syscalls whose sections go before the same title are ordered by name, not number."""
+    from memuse_kit.patching import scaffold, spec
+
+    monkeypatch.setenv(spec.USER_DIR_ENV, str(tmp_path / "mine"))
+    for name in ("memz", "memy"):
+        scaffold.create(scaffold.request(name, ["int x"]), scaffold.target_dir(None))
+    patch(tree, "memz", "memy")
+    text = (tree / "MAINTAINERS").read_text()
+    order = [
+        text.index(title)
+        for title in ("MEMORY MANAGEMENT", "MEMY SYSTEM CALL", "MEMZ SYSTEM CALL", "MEN A21")
+    ]
+    assert order == sorted(order)

@@ -231,7 +231,8 @@ def maintainers(text: str, ctx: RenderContext) -> List[Splice]:
         entry = ctx.render("maintainers.j2", placed)
         offset = _insertion_offset(titles, entry.split("\n", 1)[0].upper(), len(text))
         splices.append(Splice(offset, offset, entry))
-    return splices
+    # two sections before the same title go in alphabetical order too (the sort is stable)
+    return sorted(splices, key=lambda splice: (splice.start, splice.text))
 
 
 TARGETS: Tuple[Target, ...] = (
