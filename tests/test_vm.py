@@ -27,7 +27,7 @@ from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
 from tests import deb_support
 from tests.guest_support import is_report
-from tests.kernel_trees import cached_tree
+from tests.kernel_trees import TESTED_SYSCALLS, cached_tree
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,7 +38,10 @@ pytestmark = [
 REPO = Path(__file__).resolve().parent.parent
 # the new kernel first: its build is the one CI checks the packages of
 KERNELS = ("debian:7.2", "debian:5.10")
-SYSCALL_NUMBERS = {"debian:7.2": 472, "debian:5.10": 441}
+SYSCALL_NUMBERS = {
+    "debian:7.2": {"memuse": 472, "fdcount": 473},
+    "debian:5.10": {"memuse": 441, "fdcount": 442},
+}
 # scripts/bench-memuse's aims, asserted here on the KASAN kernels CI boots anyway
 MIN_ROLLUP_RATIO = 5.0
 MAX_SPARSE_RATIO = 10.0
@@ -49,7 +52,7 @@ _KCONFIG_SYMBOL = re.compile(r"^\s*(?:menu)?config\s+(\w+)", re.MULTILINE)
 @pytest.fixture(scope="session", params=KERNELS)
 def vm_kernel(request) -> Tuple[str, Path, BuildDir]:
     tree = cached_tree(request.param)
-    ensure_patched(tree)
+    ensure_patched(tree, syscalls=TESTED_SYSCALLS)
     result = build(BuildOptions(tree=tree, config="vm-debug", source={"spec": request.param}))
     return request.param, tree, result.build_dir
 
@@ -110,7 +113,7 @@ def test_the_built_config_has_every_option_of_the_vm_profile(vm_kernel, measured
         assert config.get(keys, '""') == '""', keys
 
 
-def test_packages_hold_the_kernel_and_its_memuse_symbol(vm_kernel):
+def test_packages_hold_the_kernel_and_its_syscalls(vm_kernel):
     spec, _, bd = vm_kernel
     release = bd.kernel_release()
     assert release and release.endswith("-memuse")
@@ -126,10 +129,11 @@ def test_packages_hold_the_kernel_and_its_memuse_symbol(vm_kernel):
     )
     assert f"./boot/vmlinuz-{release}" in listing.stdout
     system_map = (bd.obj / "System.map").read_text()
-    assert " T __x64_sys_memuse\n" in system_map
+    for name in TESTED_SYSCALLS:
+        assert f" T __x64_sys_{name}\n" in system_map
     record = bd.read_record()
     assert record is not None and record.succeeded and record.kernel_release == release
-    assert record.syscall_nr == SYSCALL_NUMBERS[spec]
+    assert record.syscalls == SYSCALL_NUMBERS[spec]
 
 
 def test_packages_install_into_a_throwaway_root(vm_kernel, tmp_path):

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
 from memuse_kit.building import artifacts, compiler, kconfig, mounts, preflight
@@ -21,7 +21,7 @@ from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import problem, report, say, warn
 from memuse_kit.core.runner import Runner
-from memuse_kit.patching import patcher, probes
+from memuse_kit.patching import patcher
 from memuse_kit.trees.kernel_version import KernelVersion, read_tree_version
 
 
@@ -37,7 +37,8 @@ class BuildOptions:
     dry_run: bool = False
     use_ccache: bool = True
     source: Optional[dict] = None
-    planned_nr: Optional[int] = None  # a dry run's number for a tree it did not patch
+    # a dry run's syscall numbers for a tree it did not patch
+    planned_syscalls: Dict[str, int] = field(default_factory=dict)
     localmodconfig: bool = False
     lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
 
@@ -62,7 +63,7 @@ def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
 
 
 def _env(cc: compiler.Compiler, tree: Path) -> dict:
-    # A fixed build number and a timestamp that moves only when the memuse edits do keep
+    # A fixed build number and a timestamp that moves only when the kit's edits do keep
     # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
     stamp = patcher.patched_at(tree)
     env = {
@@ -138,10 +139,10 @@ class Builder:
         if self.options.localmodconfig and self.options.lsmod is None:
             self._precondition(mounts.check_boot_mounts)
         self.cc = self._compiler()
-        nr = patcher.recorded_number(self.tree)
-        if nr is None and self.options.dry_run:
-            nr = self.options.planned_nr
-        if nr is None:
+        numbers = patcher.recorded_syscalls(self.tree)
+        if not numbers and self.options.dry_run:
+            numbers = dict(self.options.planned_syscalls)
+        if not numbers:
             raise KitError(f"{self.tree} is not patched yet: run invoke patch --tree {self.tree}")
         pahole = preflight.pahole_version()
         btf_ok, btf_why = preflight.btf_suits(self.kernel, pahole)
@@ -150,13 +151,13 @@ class Builder:
         self.btf_ok = btf_ok
         with_ccache = " + ccache" if self.cc.ccache else ""
         say(
-            f"building Linux {self.kernel} (memuse = syscall {nr}) with {self.cc.command} "
-            f"{self.cc.version}{with_ccache}, config {self.options.config}"
+            f"building Linux {self.kernel} ({patcher.describe_numbers(numbers)}) with "
+            f"{self.cc.command} {self.cc.version}{with_ccache}, config {self.options.config}"
         )
         self.writer.update(
             kernel_version=str(self.kernel),
-            syscall_nr=nr,
-            probes=probes.probe_tree(self.tree).as_dict(),
+            syscalls=numbers,
+            probes=patcher.probe_results(self.tree, list(numbers)),
             tree=str(self.tree),
             source=self.options.source,
             config={

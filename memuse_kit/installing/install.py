@@ -179,7 +179,7 @@ def check_build(bd: BuildDir, tree: Optional[Path]) -> InstallPlan:
     if {p.name.split("_")[0] + "_" for p in packages} != wanted:
         raise KitError(f"{bd.artifacts} does not hold the image and headers of {release}")
     if tree is not None and (
-        record.tree != str(tree) or record.number != patcher.recorded_number(tree)
+        record.tree != str(tree) or record.syscalls != patcher.recorded_syscalls(tree)
     ):
         raise KitError(f"the packages in {bd.artifacts} were not built from {tree} as patched now")
     return InstallPlan(release, packages)

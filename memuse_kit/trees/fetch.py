@@ -192,6 +192,17 @@ def source_record(tree: Path) -> Optional[Dict[str, Any]]:
     return None
 
 
+def source_label(tree: Path) -> str:
+    """What kind of source a tree is, for patch file names: upstream (kernel.org), debian,
+    ubuntu, ... as its cached directory is named; "linux" for a tree the tool did not fetch."""
+    record = source_record(tree) or {}
+    where = Path(str(record.get("tree") or ""))
+    if not record.get("spec") or where.parent.resolve() != trees_dir().resolve():
+        return "linux"
+    prefix = where.name.split("-", 1)[0]
+    return "upstream" if prefix == "linux" else prefix
+
+
 class Fetcher:
     def __init__(
         self, coords: Coordinates, distro: Distribution, runner: Runner, out: Optional[TextIO]
