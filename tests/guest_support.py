@@ -12,12 +12,16 @@ import ctypes
 import errno
 import functools
 import gzip
+import hashlib
 import json
 import os
 import pwd
 import re
 import select
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -188,6 +192,45 @@ def running_probes(nr: int) -> Dict[str, Any]:
     if not probes:
         raise AssertionError(f"the build record of {kernel_release()} has no probes")
     return dict(probes)
+
+
+# --- callers written in C (tests/guest/callers.c) -----------------------------------------
+
+CALLERS_SOURCE = Path(__file__).resolve().parent / "guest" / "callers.c"
+# the binary the host compiled for the guest (gcc is slow under TCG and KASAN)
+CALLERS_ENV = "MEMUSE_GUEST_CALLERS"
+
+
+def callers_name() -> str:
+    """Named after its source, so a binary built from an older callers.c is never used."""
+    return f"memuse-callers-{hashlib.sha256(CALLERS_SOURCE.read_bytes()).hexdigest()[:16]}"
+
+
+def compile_callers(directory: Path) -> Path:
+    """tests/guest/callers.c compiled into directory."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise AssertionError("no C compiler for tests/guest/callers.c")
+    binary = directory / callers_name()
+    command = [compiler, "-O2", "-Wall", "-Werror", "-o", str(binary), str(CALLERS_SOURCE)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stderr}"
+    return binary
+
+
+@functools.lru_cache(maxsize=1)
+def callers_binary() -> Path:
+    """callers.c compiled, in a private temp directory that others may enter (nobody runs it
+    too): the host's build named by $MEMUSE_GUEST_CALLERS copied there, else compiled here."""
+    directory = Path(tempfile.mkdtemp(prefix="memuse-callers-"))
+    directory.chmod(0o755)
+    given = os.environ.get(CALLERS_ENV)
+    if not given or Path(given).name != callers_name() or not os.access(given, os.X_OK):
+        return compile_callers(directory)
+    binary = directory / callers_name()
+    shutil.copyfile(given, binary)
+    binary.chmod(0o755)
+    return binary
 
 
 # --- processes ------------------------------------------------------------------------------

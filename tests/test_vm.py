@@ -26,7 +26,7 @@ from memuse_kit.building.pipeline import ensure_patched
 from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
 from tests import deb_support
-from tests.guest_support import is_report
+from tests.guest_support import CALLERS_ENV, compile_callers, is_report
 from tests.kernel_trees import cached_tree
 
 pytestmark = [
@@ -164,11 +164,12 @@ def guest_test_count() -> int:
     return int(found.group(1))
 
 
-def test_guest_suite_passes_in_the_vm(vm_kernel, measured):
+def test_guest_suite_passes_in_the_vm(vm_kernel, measured, tmp_path):
     spec, _, bd = vm_kernel
     expected = guest_test_count()
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "tests/guest", "-q", "-rA"]
-    command += ["--color=no"]
+    callers = compile_callers(tmp_path)  # on the host: gcc is slow in a TCG guest
+    command = ["env", f"{CALLERS_ENV}={callers}", sys.executable, "-m", "pytest"]
+    command += ["-p", "no:cacheprovider", "tests/guest", "-q", "-rA", "--color=no"]
     result = boot(bd, command)
     measured += [f"tests/guest on {spec}:", *guest_report(result.output)]
     assert result.status == 0, "\n".join(result.output[-60:])
