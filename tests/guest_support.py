@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from memuse_client.build_record import BuildRecord
 from memuse_client.discovery import cache_root, kallsyms_has_memuse, kernel_release, matching_builds
 from memuse_client.smaps import Vma, classify, parse_fields, parse_smaps, thread_size
 
@@ -170,7 +171,7 @@ def vma_flags(smaps: str, address: int) -> Tuple[str, Tuple[str, ...]]:
 # --- what the running kernel was built from ------------------------------------------------
 
 
-def running_builds(nr: int) -> List[Any]:
+def running_builds(nr: int) -> List[BuildRecord]:
     """The build records of the running kernel's release that name memuse as nr.
 
     The guest sees the host's cache (the vm task exports MEMUSE_KIT_CACHE), so the record of
