@@ -52,6 +52,8 @@ class BuildRecord:
     objects_compiled: Optional[int] = None
     objects_total: Optional[int] = None
     artifacts: List[Dict[str, str]] = field(default_factory=list)
+    # False after `build --no-packages`: the kernel moved on, any packages left are older
+    packaged: bool = True
     error: List[str] = field(default_factory=list)
     failure: str = ""
 

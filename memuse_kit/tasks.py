@@ -103,6 +103,8 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
         "localmodconfig": "trim the config to the modules loaded now (make localmodconfig)",
         "lsmod": "trim to the modules of this lsmod output instead (implies --localmodconfig)",
         "debug-info": "keep debug info (off by default: smaller, faster)",
+        "packages": "--no-packages: compile and link only, no bindeb-pkg: for invoke vm's "
+        "edit loop (install then asks for a build with packages)",
         "reconfigure": "replace a .config you edited (it is saved as .config.edited)",
         "keep-config": "build the existing .config as it is",
         "jobs": "parallel jobs (default: number of CPUs)",
@@ -122,6 +124,7 @@ def build(
     reconfigure: bool = False,
     keep_config: bool = False,
     jobs: Optional[str] = None,
+    packages: bool = True,
     dry_run: bool = False,
 ) -> None:
     """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
@@ -142,6 +145,7 @@ def build(
         debug_info=debug_info,
         reconfigure=reconfigure,
         keep_config=keep_config,
+        packages=packages,
         dry_run=dry_run,
         **({"jobs": parallel} if parallel else {}),
     )

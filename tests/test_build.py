@@ -122,6 +122,34 @@ def test_template_edit_recompiles_only_the_syscall_s_object(tree, tmp_path, monk
     assert b"/* v2 */" in artifacts.image_package(result.build_dir, result.release).read_bytes()
 
 
+def test_no_packages_compiles_and_links_but_runs_no_bindeb_pkg(tree, capsys):
+    first = build(options(tree))
+    image_deb = artifacts.image_package(first.build_dir, first.release)
+    stamp = image_deb.stat().st_mtime_ns
+    patcher.revert(tree)
+    patcher.apply_plan(patcher.plan_patch(tree, ["memuse", "fdcount"]))
+    result = build(options(tree, packages=False))
+    bd = result.build_dir
+    assert result.compiled > 0 and result.packages == []
+    assert bd.image().stat().st_mtime_ns > stamp  # relinked
+    assert image_deb.stat().st_mtime_ns == stamp  # the old packages untouched, not rebuilt
+    assert "bindeb-pkg" not in bd.log.read_text()
+    meta = metadata(tree)
+    assert meta["status"] == "success" and meta["packaged"] is False and meta["artifacts"] == []
+    assert "package" not in meta["durations"]
+    assert "not packaged: --no-packages" in capsys.readouterr().out
+    again = build(options(tree))  # a full build packages the kernel it did not package
+    assert again.compiled == 0 and metadata(tree)["packaged"] is True
+    assert artifacts.image_package(bd, again.release).stat().st_mtime_ns > stamp
+    assert b"fdcount" in artifacts.image_package(bd, again.release).read_bytes()
+
+
+def test_no_packages_dry_run_plans_no_packaging(tree, capsys):
+    build(options(tree, packages=False, dry_run=True))
+    out = capsys.readouterr().out
+    assert "# package: skipped (--no-packages)" in out and "bindeb-pkg" not in out
+
+
 def test_failed_build_keeps_metadata_and_names_the_log(tree, monkeypatch, capsys):
     monkeypatch.setenv("FAIL_BUILD", "1")
     with pytest.raises(KitError, match=r"compiling the kernel failed .*build\.log"):

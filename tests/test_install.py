@@ -11,7 +11,7 @@ from typing import List
 
 import pytest
 
-from memuse_kit.building import preflight
+from memuse_kit.building import artifacts, preflight
 from memuse_kit.building.build import BuildOptions, build
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.runner import Runner
@@ -184,6 +184,20 @@ def test_missing_packages_are_refused(built, host):
         Path(deb).unlink()
     with pytest.raises(KitError, match="run invoke build first"):
         install.install(bd, tree, host, FakeSystem(host))
+
+
+def test_packages_older_than_a_no_packages_rebuild_are_refused(built, host):
+    """The packages of the last full build are still there, same names and sums: only the
+    record knows the kernel moved on without them."""
+    tree, bd = built
+    build(BuildOptions(tree=tree, config="vm", use_ccache=False, packages=False))
+    assert all(Path(deb).is_file() for deb in debs(bd)) and all(artifacts.verify_sums(bd).values())
+    system = FakeSystem(host)
+    with pytest.raises(KitError, match="last built with --no-packages"):
+        install.install(bd, tree, host, system)
+    assert system.commands == []
+    build(BuildOptions(tree=tree, config="vm", use_ccache=False))
+    install.install(bd, tree, host, FakeSystem(host))
 
 
 def test_uninstall_dry_run_prints_the_purge(host, capsys):

@@ -41,6 +41,7 @@ class BuildOptions:
     planned_syscalls: Dict[str, int] = field(default_factory=dict)
     localmodconfig: bool = False
     lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
+    packages: bool = True  # False: compile and link only, for invoke vm (bindeb-pkg skipped)
 
     @property
     def label(self) -> str:
@@ -276,6 +277,14 @@ class Builder:
             problem(f"  {line}")
         raise KitError(f"{what} failed (status {status}); full log: {self.bd.log}")
 
+    def _package_phase(self) -> List[Path]:
+        if not self.options.packages:
+            self._announce("package: skipped (--no-packages)")
+            return []
+        with self.writer.phase("package"):
+            self._announce("package")
+            return self.package()
+
     def run(self) -> BuildResult:
         if not self.runner.dry_run:
             self.bd.root.mkdir(parents=True, exist_ok=True)
@@ -292,13 +301,12 @@ class Builder:
             with self.writer.phase("kernel"):
                 self._announce("compile")
                 compiled = self.compile()
-            with self.writer.phase("package"):
-                self._announce("package")
-                packages = self.package()
+            packages = self._package_phase()
             self.writer.update(
                 status="success",
                 kernel_release=self.bd.kernel_release(),
                 artifacts=[{"file": p.name, "sha256": sha256_file(p)} for p in packages],
+                packaged=self.options.packages,
             )
             release = self.bd.kernel_release() or ""
             return BuildResult(self.bd, release, packages, compiled, self.tree)
@@ -317,6 +325,9 @@ def build(options: BuildOptions) -> BuildResult:
         return result
     if result.compiled == 0:
         report("nothing to compile: the kernel was up to date")
+    if not options.packages:
+        report(f"kernel {result.release}: {result.build_dir.image()} (not packaged: --no-packages)")
+        return result
     report(f"kernel {result.release}: packages in {result.build_dir.artifacts}")
     for package in result.packages:
         report(f"  {package.name}")

@@ -171,6 +171,11 @@ def check_build(bd: BuildDir, tree: Optional[Path]) -> InstallPlan:
     record = bd.read_record()
     release = (record.kernel_release if record else None) or ""
     packages = artifacts.kept_packages(bd)
+    if record is not None and record.succeeded and not record.packaged:
+        raise KitError(
+            f"the kernel in {bd.root} was last built with --no-packages, so it has no current "
+            "packages: run invoke build (without --no-packages) first"
+        )
     if record is None or not record.succeeded or not packages:
         raise KitError(f"no packages built in {bd.root}: run invoke build first")
     if not all(artifacts.verify_sums(bd).values()):
