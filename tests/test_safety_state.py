@@ -118,7 +118,8 @@ GOOD = {"original_sha256": "0" * 64, "patched_sha256": "1" * 64}
         ({"files": {SYS_C: GOOD}, "nr": True, "kernel": "7"}, "no syscall number"),
         ({"files": {SYS_C: GOOD}, "nr": 472}, "no kernel version"),
         ({"files": {"/etc/passwd": GOOD}, "nr": 472, "kernel": "7"}, "not a file memuse-kit"),
-        ({"files": {MAKEFILE: GOOD}, "nr": 472, "kernel": "7", "version": 3}, "has version 3"),
+        ({"files": {MAKEFILE: GOOD}, "nr": 472, "kernel": "7", "version": 0}, "has version 0"),
+        ({"files": {MAKEFILE: GOOD}, "nr": 472, "kernel": "7", "version": "3"}, "has version '3'"),
         ({"files": {MAKEFILE: GOOD}, "kernel": "7", "version": 2}, "no syscall number"),
         (
             {"files": {MAKEFILE: GOOD}, "syscalls": {"no such": 1}, "kernel": "7", "version": 2},
@@ -143,6 +144,21 @@ def test_damaged_state_is_one_line_on_how_to_recover(tree: Path, data: object, w
             action(tree)
         message = str(caught.value)
         assert why in message and "delete" in message and "\n" not in message
+    assert fingerprint(tree) == before
+
+
+def test_a_state_from_a_newer_memuse_kit_names_that_not_damage(tree: Path):
+    """What CI met when a cache held trees a newer memuse-kit had patched."""
+    _state(tree, {"files": {"kernel/next.c": GOOD}, "kernel": "7", "version": 3})
+    before = fingerprint(tree)
+    for action in (patcher.plan_patch, patcher.revert, patcher.recorded_syscalls):
+        with pytest.raises(KitError) as caught:
+            action(tree)
+        message = str(caught.value)
+        assert "patched by a newer memuse-kit (tree state version 3, this one reads up to 2)" in (
+            message
+        )
+        assert "damaged" not in message and "\n" not in message
     assert fingerprint(tree) == before
 
 

@@ -183,6 +183,16 @@ def _valid_record(data: object) -> Optional[str]:
     return None
 
 
+def _refuse_newer(tree: Path, data: object) -> None:
+    """A state a later memuse-kit wrote is not damage: say which version can read it."""
+    version = data.get("version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+        raise KitError(
+            f"{tree} was patched by a newer memuse-kit (tree state version {version}, this one "
+            f"reads up to {STATE_VERSION}): use that memuse-kit, or revert the tree with it first"
+        )
+
+
 class TreeState:
     """What memuse-kit recorded about the files it patched in one tree."""
 
@@ -207,6 +217,7 @@ class TreeState:
             data = _migrated(json.loads(raw.decode("utf-8")))
         except ValueError:
             raise _damaged(self.tree, f"{STATE_FILE} is not valid JSON") from None
+        _refuse_newer(self.tree, data)
         why = _valid_record(data)
         if why is not None:
             raise _damaged(self.tree, why)
