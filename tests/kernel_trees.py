@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Set, Tuple
 
 from memuse_kit.core.cache import cache_root
 from memuse_kit.patching.patcher import TreeState
@@ -73,8 +73,14 @@ def differences(cached: Path, copy: Path) -> Iterator[Tuple[str, str]]:
                 and path.read_bytes() != pristine_bytes(cached, rel)
             ):
                 yield rel, "content differs"
+    created = created_by_the_kit(cached)  # the cached tree may be patched for a build
     for directory, _, files in os.walk(cached):
         for name in files:
             rel = str((Path(directory) / name).relative_to(cached))
-            if rel not in seen and not rel.startswith(".memuse-kit"):
+            if rel not in seen and not rel.startswith(".memuse-kit") and rel not in created:
                 yield rel, "missing"
+
+
+def created_by_the_kit(tree: Path) -> Set[str]:
+    """The files memuse-kit added to tree (kernel/<syscall>.c), absent from the pristine tree."""
+    return {rel for rel in TreeState(tree).files() if pristine_bytes(tree, rel) is None}
