@@ -1,4 +1,4 @@
-"""100,000 memuse calls with random pids and kinds while processes fork, exit, exec, map,
+"""25,000 memuse calls with random pids and kinds while processes fork, exit, exec, map,
 unmap and start threads; KASAN, lockdep and DEBUG_VM watch the kernel meanwhile.
 
 Two callers run at once: root (in pytest) and nobody (a forked child), so that the refused
@@ -47,8 +47,10 @@ from tests.guest_support import (
     spawn_as_user,
 )
 
-CALLS = 100_000
-BY_NOBODY = 30_000
+# 100,000 until the CI run neared its budget: they took 780 s of the 7.2 KASAN guest under
+# TCG and 386 s of the 5.10 one; a quarter keeps every path and the races, at a quarter
+CALLS = 25_000
+BY_NOBODY = 7_500
 INT_MAX = 2**31 - 1
 INT_MIN = -(2**31)
 INVALID_KINDS = (0, 6, 7, -1, 100, INT_MAX, INT_MIN)
@@ -230,7 +232,7 @@ def still_running(pid: int) -> bool:
         return False
 
 
-def test_100000_random_calls_against_churning_processes(nr, churners):
+def test_25000_random_calls_against_churning_processes(nr, churners):
     mark, lockdep_before = log_mark(), lockdep_active()
     first_pid = newest_pid()
     uid, gid = nobody()
