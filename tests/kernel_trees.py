@@ -83,4 +83,5 @@ def differences(cached: Path, copy: Path) -> Iterator[Tuple[str, str]]:
 
 def created_by_the_kit(tree: Path) -> Set[str]:
     """The files memuse-kit added to tree (kernel/<syscall>.c), absent from the pristine tree."""
-    return {rel for rel in TreeState(tree).files() if pristine_bytes(tree, rel) is None}
+    files = TreeState(tree).files()
+    return {rel for rel, record in files.items() if record["original_sha256"] is None}

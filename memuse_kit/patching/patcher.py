@@ -185,8 +185,8 @@ def _valid_record(data: object) -> Optional[str]:
 
 def _refuse_newer(tree: Path, data: object) -> None:
     """A state a later memuse-kit wrote is not damage: say which version can read it."""
-    version = data.get("version") if isinstance(data, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+    version = data.get("version", 0) if isinstance(data, dict) else 0
+    if _valid_number(version) and version > STATE_VERSION:
         raise KitError(
             f"{tree} was patched by a newer memuse-kit (tree state version {version}, this one "
             f"reads up to {STATE_VERSION}): use that memuse-kit, or revert the tree with it first"
