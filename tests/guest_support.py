@@ -53,6 +53,20 @@ def skip_reason() -> Optional[str]:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# the C library with the prototypes the guest tests' own mappings need
+libc = _libc
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+for _name in ("mprotect", "madvise"):
+    getattr(libc, _name).argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 

@@ -21,7 +21,6 @@ not sleeping for the lock, so they do not count, while a wait for the lock is al
 
 from __future__ import annotations
 
-import ctypes
 import json
 import mmap
 import os
@@ -39,6 +38,7 @@ from tests.guest_support import (
     REPORT,
     call,
     kill_and_reap,
+    libc,
     read_rollup,
     readable,
     run_forked,
@@ -58,17 +58,6 @@ MAX_WAIT_SHARE = 0.25
 PROT_READ, PROT_WRITE = 1, 2
 MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 FAULT_AROUND = 64 * 1024
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 # a writer's mmap or munmap: when it began (perf_counter), its wall-clock seconds, and the
 # seconds it slept (waiting for the mmap lock)
@@ -100,11 +89,11 @@ def write_loop(stop: threading.Event, ops: List[Op]) -> None:
 
     def map_page() -> None:
         nonlocal address
-        address = _libc.mmap(None, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        address = libc.mmap(None, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
 
     while not stop.is_set():
         ops.append(clock.timed(map_page))
-        ops.append(clock.timed(lambda: _libc.munmap(address, PAGE)))
+        ops.append(clock.timed(lambda: libc.munmap(address, PAGE)))
 
 
 def populated_mapping(fd: int) -> mmap.mmap:

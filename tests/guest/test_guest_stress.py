@@ -39,6 +39,7 @@ from tests.guest_support import (
     errno_name,
     expected_thread_size,
     kill_and_reap,
+    libc,
     lockdep_active,
     log_mark,
     nobody,
@@ -61,19 +62,6 @@ MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 MADV_DONTNEED, MADV_HUGEPAGE = 4, 14
 MAP_FAILED = ctypes.c_void_p(-1).value
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-for _name in ("munmap", "mprotect", "madvise"):
-    getattr(_libc, _name).argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
 
 # --- the churners: each runs in a forked child until it is killed ---------------------------
 
@@ -86,18 +74,18 @@ def map_unmap(seed: int) -> None:
     rng = random.Random(seed)
     while True:
         size = rng.choice((1, 4, 64, 512, 1024)) * PAGE
-        addr = _libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        addr = libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         if addr is None or addr == MAP_FAILED:
             time.sleep(0.01)
             continue
         if size >= 4 * MIB:
-            _libc.madvise(addr, size, MADV_HUGEPAGE)
+            libc.madvise(addr, size, MADV_HUGEPAGE)
         ctypes.memset(addr, 1, size)
         half = size // 2 // PAGE * PAGE
         if half:
-            _libc.madvise(addr + half, size - half, MADV_DONTNEED)
-            _libc.mprotect(addr, half, PROT_READ)
-        _libc.munmap(addr, size)
+            libc.madvise(addr + half, size - half, MADV_DONTNEED)
+            libc.mprotect(addr, half, PROT_READ)
+        libc.munmap(addr, size)
 
 
 def thread_churn() -> None:
