@@ -113,6 +113,7 @@ class Builder:
         self.previous = _previous_record(self.bd)
         self.writer = RecordWriter(self.bd, dry_run=options.dry_run)
         self.cc: Optional[compiler.Compiler] = None
+        self.config_request: Optional[kconfig.ConfigRequest] = None
 
     def _precondition(self, check: Callable[[], object]) -> None:
         """A check that stops a real build; a dry run notes it and goes on with the plan."""
@@ -195,6 +196,15 @@ class Builder:
             btf_ok=self.btf_ok,
             lsmod=lsmod,
         )
+        inputs = kconfig.inputs_digest(request)
+        self.writer.record.config["inputs_sha256"] = inputs
+        if not self.options.reconfigure and kconfig.is_current(
+            self.bd.obj, inputs, self.previous.config
+        ):
+            if self.runner.dry_run:
+                say("# configure: nothing to do, the configuration's inputs are unchanged")
+            return
+        self.config_request = request  # generated now: its digest is taken again after make
         candidate = kconfig.generate(request, self.runner)
         if self.runner.dry_run:
             return
@@ -232,6 +242,10 @@ class Builder:
         else:
             self.writer.update(objects_total=self.previous.objects_total)
         self._check(status, progress, "compiling the kernel")
+        if self.config_request is not None and not self.runner.dry_run:
+            # make's syncconfig has now written the list of Kconfig files the digest reads
+            digest = kconfig.inputs_digest(self.config_request)
+            self.writer.record.config["inputs_sha256"] = digest
         return progress.steps
 
     def package(self) -> List[Path]:
