@@ -303,3 +303,24 @@ def test_make_runs_with_the_sbin_dirs_on_its_path(tree, capsys, monkeypatch):
     build(options(tree, dry_run=True))
     packaging = [line for line in capsys.readouterr().out.splitlines() if "bindeb-pkg" in line]
     assert packaging and "PATH=/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin" in packaging[0]
+
+
+def test_progress_lines_give_the_rate_and_the_time_left():
+    import io
+
+    from memuse_kit.building.progress import BuildProgress
+
+    now = [100.0]
+    out = io.StringIO()
+    progress = BuildProgress("build", 400, out=out, interval=30, clock=lambda: now[0])
+    for step in range(100):
+        now[0] = 100.0 + (step + 1) * 0.5  # two objects a second
+        progress.feed(f"  CC      kernel/o{step}.o\n")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "build: 15% (60 objects, 2.0/s, about 2m50s left), 0m30s"
+    assert progress.eta() == pytest.approx(150.0)
+    for _ in range(400):  # the estimate was short: no time left is claimed
+        progress.feed("  CC      kernel/more.o\n")
+    assert progress.eta() is None
+    progress.close(True)
+    assert out.getvalue().splitlines()[-1] == "build: done (500 objects compiled, 10.0/s), 0m50s"
