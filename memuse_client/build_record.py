@@ -42,6 +42,9 @@ class BuildRecord:
     pahole: Optional[str] = None
     debug_info: bool = False
     localmodconfig: Optional[Dict[str, Any]] = None
+    # which engine and helpers compiled the objects (None: this machine alone); added to
+    # schema 1 as an optional field, so records without it read as before
+    distributed: Optional[Dict[str, Any]] = None
     log: str = ""
     durations: Dict[str, float] = field(default_factory=dict)
     objects_compiled: Optional[int] = None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
-from memuse_kit.building import artifacts, compiler, kconfig, preflight
+from memuse_kit.building import artifacts, compiler, distributed, kconfig, preflight
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
@@ -34,13 +34,15 @@ class BuildOptions:
     debug_info: bool = False
     reconfigure: bool = False
     keep_config: bool = False
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    jobs: Optional[int] = None  # default: the helpers' slots when distributing, else the CPUs
     dry_run: bool = False
     use_ccache: bool = True
     source: Optional[dict] = None
     planned_nr: Optional[int] = None  # a dry run's number for a tree it did not patch
     localmodconfig: bool = False
     lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
+    distcc: Optional[str] = None  # distcc's host list: compile the objects on those helpers
+    icecream: bool = False  # compile the objects on the helpers of icecream's scheduler
 
     @property
     def label(self) -> str:
@@ -62,7 +64,7 @@ def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
     return ["make", f"O={bd.obj}", f"-j{jobs}", *cc.make_args()]
 
 
-def _env(cc: compiler.Compiler, tree: Path) -> dict:
+def _env(cc: compiler.Compiler, tree: Path, extra: Optional[Dict[str, str]] = None) -> dict:
     # A fixed build number and a timestamp that moves only when the memuse edits do keep
     # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
     stamp = patcher.patched_at(tree)
@@ -78,6 +80,7 @@ def _env(cc: compiler.Compiler, tree: Path) -> dict:
         env["PATH"] = path  # modules_install runs depmod, which is in /usr/sbin
     if cc.ccache:
         env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(ccache_dir()))
+    env.update(extra or {})
     return env
 
 
@@ -113,6 +116,9 @@ class Builder:
         self.previous = _previous_record(self.bd)
         self.writer = RecordWriter(self.bd, dry_run=options.dry_run)
         self.cc: Optional[compiler.Compiler] = None
+        self.farm: Optional[distributed.Farm] = None
+        self.jobs = options.jobs or os.cpu_count() or 1
+        self.fell_back = 0
         self.config_request: Optional[kconfig.ConfigRequest] = None
 
     def _precondition(self, check: Callable[[], object]) -> None:
@@ -138,6 +144,8 @@ class Builder:
         self._precondition(lambda: preflight.check_packages(self.kernel))
         self._precondition(lambda: preflight.check_disk(self.bd.root, self.options.config))
         self.cc = self._compiler()
+        self.farm = self._farm(self.cc)
+        self.cc = distributed.with_engine(self.cc, self.farm)
         nr = patcher.recorded_number(self.tree)
         if nr is None and self.options.dry_run:
             nr = self.options.planned_nr
@@ -151,7 +159,7 @@ class Builder:
         with_ccache = " + ccache" if self.cc.ccache else ""
         say(
             f"building Linux {self.kernel} (memuse = syscall {nr}) with {self.cc.command} "
-            f"{self.cc.version}{with_ccache}, config {self.options.config}"
+            f"{self.cc.version}{with_ccache}, config {self.options.config}{self._farm_note()}"
         )
         self.writer.update(
             kernel_version=str(self.kernel),
@@ -170,8 +178,41 @@ class Builder:
                 "ccache": bool(self.cc.ccache),
             },
             pahole=".".join(map(str, pahole)) if pahole else None,
+            distributed=self.farm.record(self.jobs) if self.farm else None,
             debug_info=self.options.debug_info,
             log=str(self.bd.log),
+        )
+
+    def _farm(self, cc: compiler.Compiler) -> Optional[distributed.Farm]:
+        """The helpers --distcc or --icecream name, each checked with a test compile."""
+        farm = None
+        if self.options.distcc is not None:
+            farm = distributed.parse_distcc_hosts(self.options.distcc)
+        elif self.options.icecream:
+            try:
+                farm = distributed.icecream_farm(distributed.scheduler_address())
+            except KitError as error:
+                if not self.options.dry_run:
+                    raise
+                say(f"# a real build would stop here: {error}")
+                return None
+        if farm is None:
+            return None
+        if self.options.jobs is None:
+            self.jobs = farm.jobs()
+        if self.options.dry_run:
+            say(f"# preflight: a real build first test-compiles on each {farm.engine} helper")
+        else:
+            preflight.check_helpers(farm, cc)
+        return farm
+
+    def _farm_note(self) -> str:
+        if self.farm is None:
+            return ""
+        helpers = len(self.farm.helpers)
+        return (
+            f", distributed by {self.farm.engine} to {helpers} helper{'s' * (helpers != 1)} "
+            f"(make -j{self.jobs})"
         )
 
     def configure(self) -> None:
@@ -235,8 +276,9 @@ class Builder:
         assert self.cc is not None
         estimate = 1 if self.runner.dry_run else _estimate(self.bd, self.previous)
         progress = BuildProgress("build", estimate)
-        status = self._stream([*_make(self.bd, self.cc, self.options.jobs)], progress)
+        status = self._stream([*_make(self.bd, self.cc, self.jobs)], progress, self._count_fallback)
         self.writer.update(objects_compiled=progress.steps)
+        self._record_fallbacks()
         if progress.steps > estimate // 2:
             self.writer.update(objects_total=progress.steps)
         else:
@@ -257,7 +299,7 @@ class Builder:
         for stale in [] if self.runner.dry_run else self.bd.root.glob("*.deb"):
             stale.unlink()
         cmd = [
-            *_make(self.bd, self.cc, self.options.jobs),
+            *_make(self.bd, self.cc, self.jobs),
             f"KDEB_PKGVERSION={_pkg_version(self.kernel)}",
         ]
         progress = BuildProgress("package", 1)
@@ -265,16 +307,42 @@ class Builder:
         self._check(status, progress, "packaging (bindeb-pkg)")
         return artifacts.collect(self.bd)
 
-    def _stream(self, cmd: List[str], progress: BuildProgress) -> int:
+    def _stream(
+        self, cmd: List[str], progress: BuildProgress, *sinks: Callable[[str], None]
+    ) -> int:
         assert self.cc is not None
+        env = _env(self.cc, self.tree, self._engine_environment())
         if self.runner.dry_run:
-            return self.runner.stream(cmd, cwd=self.tree, env=_env(self.cc, self.tree))
+            return self.runner.stream(cmd, cwd=self.tree, env=env)
         with self.bd.log.open("a") as log:
             status = self.runner.stream(
-                cmd, cwd=self.tree, env=_env(self.cc, self.tree), sinks=[progress.feed], log=log
+                cmd, cwd=self.tree, env=env, sinks=[progress.feed, *sinks], log=log
             )
         progress.close(status == 0)
         return status
+
+    def _engine_environment(self) -> Dict[str, str]:
+        """DISTCC_HOSTS, and with ccache the CCACHE_PREFIX that keeps host programs here."""
+        assert self.cc is not None
+        prefix = self.bd.root / "ccache-prefix"
+        if self.farm is not None and self.cc.ccache and not self.runner.dry_run:
+            atomic.write_if_changed(prefix, distributed.PREFIX_SCRIPT.encode())
+            prefix.chmod(0o755)
+        return distributed.environment(self.cc, self.farm, prefix)
+
+    def _count_fallback(self, line: str) -> None:
+        if distributed.fell_back(line):
+            self.fell_back += 1
+
+    def _record_fallbacks(self) -> None:
+        if self.farm is None:
+            return
+        self.writer.update(distributed=self.farm.record(self.jobs, self.fell_back))
+        if self.fell_back:
+            warn(
+                f"{self.fell_back} objects were compiled on this machine after a helper failed "
+                f"(distcc's fallback; DISTCC_FALLBACK=0 fails the build instead): {self.bd.log}"
+            )
 
     def _announce(self, step: str) -> None:
         if self.runner.dry_run:
@@ -301,6 +369,8 @@ class Builder:
             with self.writer.phase("config"):
                 self._announce("configure")
                 self.configure()
+                if self.farm is not None and not self.runner.dry_run:
+                    preflight.check_distributable(self.bd.obj / ".config")
             with self.writer.phase("kernel"):
                 self._announce("compile")
                 compiled = self.compile()
