@@ -161,6 +161,23 @@ def test_a_missing_engine_is_named_as_its_apt_package(monkeypatch):
         preflight.check_helpers(distributed.parse_distcc_hosts("box/4"), GCC)
 
 
+def test_icecream_needs_the_c_plus_plus_compiler_of_the_same_version(monkeypatch):
+    assert distributed.cxx_partner("gcc-11") == "g++-11"
+    assert distributed.cxx_partner("x86_64-linux-gnu-gcc") == "x86_64-linux-gnu-g++"
+    real_which = shutil.which
+    present = {"icecc": "/usr/bin/icecc"}
+    monkeypatch.setattr(
+        shutil,
+        "which",
+        lambda name, **kw: present.get(name) or (None if "g++" in name else real_which(name, **kw)),
+    )
+    farm = distributed.Farm("icecream", (distributed.Helper("h", "192.0.2.1:10245", 4),))
+    with pytest.raises(
+        KitError, match=r"and g\+\+-11 is not installed: sudo apt-get install g\+\+-11$"
+    ):
+        preflight.check_helpers(farm, GCC)
+
+
 def test_gcc_plugins_cannot_be_distributed():
     config = "CONFIG_64BIT=y\nCONFIG_GCC_PLUGINS=y\n"
     (problem,) = preflight.undistributable(config)

@@ -235,6 +235,12 @@ def probe_problems(farm: Farm, cc: Compiler) -> List[str]:
     if client is None:
         package = "distcc" if farm.engine == "distcc" else "icecc"
         return [f"{farm.client} is not installed: sudo apt-get install {package}"]
+    partner = cxx_partner(cc.command)
+    if farm.engine == "icecream" and shutil.which(partner) is None:
+        return [
+            f"icecream sends helpers {cc.command} together with {partner} (icecc-create-env "
+            f"packs both), and {partner} is not installed: sudo apt-get install {partner}"
+        ]
     with tempfile.TemporaryDirectory(prefix="memuse-kit-probe.") as scratch:
         work = Path(scratch)
         (work / "probe.c").write_text(PROBE_SOURCE)
@@ -251,6 +257,12 @@ def probe_problems(farm: Farm, cc: Compiler) -> List[str]:
         with ThreadPoolExecutor(max_workers=max(1, min(len(remote), 16))) as pool:
             found = list(pool.map(probe, remote))
     return [problem for problem in found if problem]
+
+
+def cxx_partner(command: str) -> str:
+    """The C++ compiler icecc-create-env packs with a gcc: gcc-11 -> g++-11."""
+    head, _, tail = command.rpartition("gcc")
+    return f"{head}g++{tail}"
 
 
 def _compile(
