@@ -4,9 +4,11 @@
 read_record(). It lives in memuse_client, with the standard library only, because the client
 reads it on machines and in guests where memuse_kit and its dependencies are not imported.
 
-Schema 1 is the set of fields below. Records written before the schema had a number hold
-the same fields and are read as schema 1; a schema this code does not know is refused in one
-line rather than guessed at.
+Schema 2 is the set of fields below: `syscalls` maps each syscall the kernel was built with
+to its number. Schema 1 had one number, memuse's (`syscall_nr`); read_record() reads such a
+record as schema 2 with `syscalls: {"memuse": N}`, and records written before the schema had a
+number are schema 1. A schema this code does not know is refused in one line rather than
+guessed at.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-SCHEMA = 1
+SCHEMA = 2
+KNOWN_SCHEMAS = (1, 2)
+# schema 1 recorded one number, memuse's
+SCHEMA_1_SYSCALL = "memuse"
 FILE_NAME = "metadata.json"
 
 
@@ -35,15 +40,15 @@ class BuildRecord:
     source: Optional[Dict[str, Any]] = None
     kernel_version: str = ""
     kernel_release: Optional[str] = None
-    syscall_nr: Optional[int] = None
+    syscalls: Dict[str, int] = field(default_factory=dict)  # name -> number
     probes: Dict[str, Any] = field(default_factory=dict)
     config: Dict[str, Any] = field(default_factory=dict)
     compiler: Dict[str, Any] = field(default_factory=dict)
     pahole: Optional[str] = None
     debug_info: bool = False
     localmodconfig: Optional[Dict[str, Any]] = None
-    # which engine and helpers compiled the objects (None: this machine alone); added to
-    # schema 1 as an optional field, so records without it read as before
+    # which engine and helpers compiled the objects (None: this machine alone); optional,
+    # so records without it (schema 1, and schema 2 before it) read as local builds
     distributed: Optional[Dict[str, Any]] = None
     log: str = ""
     durations: Dict[str, float] = field(default_factory=dict)
@@ -57,10 +62,10 @@ class BuildRecord:
     def succeeded(self) -> bool:
         return self.status == "success"
 
-    @property
-    def number(self) -> Optional[int]:
-        """syscall_nr when it is a real number (JSON's true is an int to Python)."""
-        nr = self.syscall_nr
+    def number_of(self, name: str) -> Optional[int]:
+        """The number of syscall name in this kernel, when it is a real number (JSON's true
+        is an int to Python)."""
+        nr = self.syscalls.get(name)
         return nr if isinstance(nr, int) and not isinstance(nr, bool) else None
 
     def config_sha256(self) -> Optional[str]:
@@ -74,20 +79,34 @@ class BuildRecord:
     def from_dict(cls, data: Any, where: str = FILE_NAME) -> BuildRecord:
         if not isinstance(data, dict):
             raise RecordError(f"{where} is not a build record (not a JSON object)")
-        schema = data.get("schema", SCHEMA)  # unnumbered records hold schema 1's fields
-        if schema != SCHEMA or isinstance(schema, bool):
+        schema = data.get("schema", 1)  # unnumbered records hold schema 1's fields
+        if schema not in KNOWN_SCHEMAS or isinstance(schema, bool):
             raise RecordError(
-                f"{where} has build record schema {schema!r}, this memuse-kit reads schema "
-                f"{SCHEMA}: rebuild with this version (invoke build) or use the memuse-kit "
-                "that wrote it"
+                f"{where} has build record schema {schema!r}, this memuse-kit reads schemas "
+                f"{' and '.join(map(str, KNOWN_SCHEMAS))}: rebuild with this version "
+                "(invoke build) or use the memuse-kit that wrote it"
             )
+        if schema == 1:
+            data = _from_schema_1(data)
         known = {f.name: f for f in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         for key, value in values.items():
             container = _container_type(known[key])
-            if container is not None and value is not None and not isinstance(value, container):
+            nullable = known[key].default is None
+            if container is not None and not isinstance(value, container):
+                if value is None and nullable:
+                    continue
                 raise RecordError(f"{where} is damaged ({key} is not a {container.__name__})")
         return cls(**values)
+
+
+def _from_schema_1(data: Dict[str, Any]) -> Dict[str, Any]:
+    """A schema 1 record as schema 2: its one number was memuse's."""
+    migrated = {key: value for key, value in data.items() if key != "syscall_nr"}
+    migrated["schema"] = SCHEMA
+    nr = data.get("syscall_nr")
+    migrated["syscalls"] = {SCHEMA_1_SYSCALL: nr} if nr is not None else {}
+    return migrated
 
 
 def _container_type(spec: Any) -> Optional[type]:

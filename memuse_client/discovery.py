@@ -1,9 +1,10 @@
-"""Which number the memuse system call has on the running kernel.
+"""Which number a system call of the kit has on the running kernel, found by its name.
 
-In order: an explicit override (--nr, then $MEMUSE_NR); the metadata `invoke build` wrote for
-the running kernel release; __NR_memuse in installed headers. A number from headers is only
-trusted once /proc/kallsyms shows the running kernel has memuse at all: numbers are reused,
-and calling another kernel's memuse number here would run some other system call.
+For memuse (and any other, by name: fdcount...), in order: an explicit override (--nr, then
+$MEMUSE_NR, or $FDCOUNT_NR...); the build record `invoke build` wrote for the running kernel
+release (its `syscalls` map); __NR_<name> in installed headers. A number from headers is only
+trusted once /proc/kallsyms shows the running kernel has the syscall at all: numbers are
+reused, and calling another kernel's number here would run some other system call.
 
 An explicit number is confirmed the same way (the build metadata of the running release, or
 headers plus kallsyms, must give that very number) and refused otherwise, unless forced
@@ -21,8 +22,36 @@ from typing import Iterable, List, Mapping, Optional, Tuple
 from .build_record import FILE_NAME, BuildRecord, RecordError, read_record
 from .errors import MemuseUnavailable
 
-ENV_NR = "MEMUSE_NR"
-ENV_FORCE = "MEMUSE_FORCE"
+MEMUSE = "memuse"
+
+
+def env_nr(name: str) -> str:
+    """The variable that overrides a syscall's number: MEMUSE_NR, FDCOUNT_NR..."""
+    return f"{name.upper()}_NR"
+
+
+def env_force(name: str) -> str:
+    return f"{name.upper()}_FORCE"
+
+
+def force_risk(name: str) -> str:
+    return (
+        f"if it is not {name}, another system call runs with these arguments "
+        "(62 is kill: the process would get a signal)"
+    )
+
+
+def how_to_get(name: str) -> str:
+    if name == MEMUSE:
+        return HOW_TO_GET_ONE
+    return (
+        f"build and install a kernel with {name} (`invoke patch --syscall {name}`, then "
+        "`invoke build install`), or try one in a VM with `invoke vm`"
+    )
+
+
+ENV_NR = env_nr(MEMUSE)
+ENV_FORCE = env_force(MEMUSE)
 FORCE_RISK = (
     "if it is not memuse, another system call runs with (pid, kind) as its arguments "
     "(62 is kill: the process would get a signal)"
@@ -32,8 +61,15 @@ HOW_TO_GET_ONE = (
     "`invoke vm`; the smaps backend (--backend smaps) works on any kernel"
 )
 KALLSYMS = Path("/proc/kallsyms")
-_KALLSYMS_MEMUSE = re.compile(rb"\s(?:__x64_sys_memuse|sys_memuse)(?:\s|$)", re.MULTILINE)
-_HEADER_NR = re.compile(r"^#\s*define\s+__NR_memuse\s+(\d+)\b", re.MULTILINE)
+
+
+def _kallsyms_pattern(name: str) -> re.Pattern[bytes]:
+    symbol = re.escape(name.encode())
+    return re.compile(rb"\s(?:__x64_sys_" + symbol + rb"|sys_" + symbol + rb")(?:\s|$)", re.M)
+
+
+def _header_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^#\s*define\s+__NR_{re.escape(name)}\s+(\d+)\b", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -80,8 +116,8 @@ def parse_override(text: str, what: str) -> int:
     return nr
 
 
-def matching_builds(release: str, root: Path) -> List[Tuple[BuildRecord, Path]]:
-    """Records of the builds of `release` that know memuse's number, best candidate first.
+def matching_builds(release: str, root: Path, name: str = MEMUSE) -> List[Tuple[BuildRecord, Path]]:
+    """Records of the builds of `release` that know the syscall's number, best first.
 
     A record that cannot be read (damaged, or another memuse-kit's schema) is no evidence.
     """
@@ -91,49 +127,57 @@ def matching_builds(release: str, root: Path) -> List[Tuple[BuildRecord, Path]]:
             record = read_record(path)
         except RecordError:
             continue
-        if record.kernel_release == release and record.number is not None:
+        if record.kernel_release == release and record.number_of(name) is not None:
             found.append((record, path))
     # successful builds first, then the most recently finished
     found.sort(key=lambda item: (item[0].succeeded, str(item[0].finished)), reverse=True)
     return found
 
 
-def number_from_metadata(release: str, root: Path) -> Optional[Tuple[int, Path]]:
-    builds = matching_builds(release, root)
+def number_from_metadata(
+    release: str, root: Path, name: str = MEMUSE
+) -> Optional[Tuple[int, Path]]:
+    builds = matching_builds(release, root, name)
     if not builds:
         return None
     record, path = builds[0]
-    assert record.number is not None  # matching_builds keeps only those
-    return record.number, path
+    nr = record.number_of(name)
+    assert nr is not None  # matching_builds keeps only those
+    return nr, path
 
 
-def number_from_headers(paths: Iterable[Path]) -> Optional[Tuple[int, Path]]:
+def number_from_headers(paths: Iterable[Path], name: str = MEMUSE) -> Optional[Tuple[int, Path]]:
+    pattern = _header_pattern(name)
     for path in paths:
         try:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        match = _HEADER_NR.search(text)
+        match = pattern.search(text)
         if match:
             return int(match.group(1)), path
     return None
 
 
-def kallsyms_has_memuse(path: Path = KALLSYMS) -> Optional[bool]:
-    """Whether the running kernel defines memuse; None when kallsyms cannot be read."""
+def kallsyms_has(name: str, path: Path = KALLSYMS) -> Optional[bool]:
+    """Whether the running kernel defines the syscall; None when kallsyms cannot be read."""
     try:
         data = path.read_bytes()
     except OSError:
         return None
     if not data:
         return None
-    return _KALLSYMS_MEMUSE.search(data) is not None
+    return _kallsyms_pattern(name).search(data) is not None
 
 
-def forced(env: Optional[Mapping[str, str]] = None) -> bool:
-    """$MEMUSE_FORCE set to anything but empty or 0."""
+def kallsyms_has_memuse(path: Path = KALLSYMS) -> Optional[bool]:
+    return kallsyms_has(MEMUSE, path)
+
+
+def forced(env: Optional[Mapping[str, str]] = None, name: str = MEMUSE) -> bool:
+    """$MEMUSE_FORCE (or $<NAME>_FORCE) set to anything but empty or 0."""
     env = os.environ if env is None else env
-    return env.get(ENV_FORCE, "").strip() not in ("", "0")
+    return env.get(env_force(name), "").strip() not in ("", "0")
 
 
 def confirm_override(
@@ -143,33 +187,35 @@ def confirm_override(
     root: Path,
     header_paths: Iterable[Path],
     kallsyms: Path,
+    name: str = MEMUSE,
 ) -> SyscallNumber:
-    """The explicit number, if the running kernel is known to have memuse as that number."""
-    from_metadata = number_from_metadata(release, root)
+    """The explicit number, if the running kernel is known to have the syscall as it."""
+    from_metadata = number_from_metadata(release, root, name)
     if from_metadata and from_metadata[0] == nr:
         return SyscallNumber(nr, source, verified=True)
-    from_headers = number_from_headers(header_paths)
-    present = kallsyms_has_memuse(kallsyms)
+    from_headers = number_from_headers(header_paths, name)
+    present = kallsyms_has(name, kallsyms)
     if from_headers and from_headers[0] == nr and present:
         return SyscallNumber(nr, source, verified=True)
-    force_hint = f"--force (or {ENV_FORCE}=1) calls it anyway: {FORCE_RISK}"
+    risk = FORCE_RISK if name == MEMUSE else force_risk(name)
+    force_hint = f"--force (or {env_force(name)}=1) calls it anyway: {risk}"
     if present is False and not from_metadata:
         raise MemuseUnavailable(
-            f"the running kernel ({release}) has no memuse system call ({kallsyms} shows "
-            f"none), so system call {nr} (from {source}) is not called: {HOW_TO_GET_ONE}; "
+            f"the running kernel ({release}) has no {name} system call ({kallsyms} shows "
+            f"none), so system call {nr} (from {source}) is not called: {how_to_get(name)}; "
             f"{force_hint}"
         )
     if from_metadata:
-        found = f"the build metadata {from_metadata[1]} says memuse is {from_metadata[0]}"
+        found = f"the build metadata {from_metadata[1]} says {name} is {from_metadata[0]}"
     elif from_headers and present:
-        found = f"{from_headers[1]} says memuse is {from_headers[0]}"
+        found = f"{from_headers[1]} says {name} is {from_headers[0]}"
     elif present is None and from_headers and from_headers[0] == nr:
-        found = f"{kallsyms} cannot be read to check that the running kernel has memuse"
+        found = f"{kallsyms} cannot be read to check that the running kernel has {name}"
     else:
-        found = "no build metadata or header gives memuse's number"
+        found = f"no build metadata or header gives {name}'s number"
     raise MemuseUnavailable(
         f"refusing to call system call {nr} (from {source}): it cannot be confirmed to be "
-        f"memuse on the running kernel ({release}; {found}); leave out {source} to use the "
+        f"{name} on the running kernel ({release}; {found}); leave out {source} to use the "
         f"number found; {force_hint}"
     )
 
@@ -181,52 +227,63 @@ def discover(
     header_paths: Optional[Iterable[Path]] = None,
     kallsyms: Path = KALLSYMS,
     force: bool = False,
+    name: str = MEMUSE,
 ) -> SyscallNumber:
-    """The memuse number to call on this kernel, or MemuseUnavailable saying what to do.
+    """The number of syscall `name` on this kernel, or MemuseUnavailable saying what to do.
 
-    An explicit number (override, then $MEMUSE_NR) is used only when confirmed, or forced.
+    An explicit number (override, then $MEMUSE_NR or $<NAME>_NR) is used only when
+    confirmed, or forced.
     """
     env = os.environ if env is None else env
     release = kernel_release() if release is None else release
     root = cache_root(env)
     paths = default_header_paths(release) if header_paths is None else list(header_paths)
+    variable = env_nr(name)
     explicit: Optional[Tuple[int, str]] = None
     if override is not None:
         explicit = (override, "--nr")
-    elif env.get(ENV_NR, "").strip():
-        explicit = (parse_override(env[ENV_NR], ENV_NR), ENV_NR)
+    elif env.get(variable, "").strip():
+        explicit = (parse_override(env[variable], variable), variable)
     if explicit is not None:
-        if force or forced(env):
+        if force or forced(env, name):
             return SyscallNumber(explicit[0], explicit[1], verified=False)
-        return confirm_override(explicit[0], explicit[1], release, root, paths, kallsyms)
+        return confirm_override(explicit[0], explicit[1], release, root, paths, kallsyms, name)
 
-    from_metadata = number_from_metadata(release, root)
+    from_metadata = number_from_metadata(release, root, name)
     if from_metadata:
         nr, path = from_metadata
         return SyscallNumber(nr, f"build metadata {path}", verified=True)
+    return _from_headers(name, release, root, paths, kallsyms)
 
-    from_headers = number_from_headers(paths)
-    present = kallsyms_has_memuse(kallsyms)
+
+def _from_headers(
+    name: str, release: str, root: Path, paths: Iterable[Path], kallsyms: Path
+) -> SyscallNumber:
+    """__NR_<name> from headers, trusted only once kallsyms shows the kernel has name."""
+    from_headers = number_from_headers(paths, name)
+    present = kallsyms_has(name, kallsyms)
+    how = how_to_get(name)
     if present is False:
         said = f" ({from_headers[1]} says {from_headers[0]})" if from_headers else ""
         raise MemuseUnavailable(
-            f"the running kernel ({release}) has no memuse system call{said}: {HOW_TO_GET_ONE}"
+            f"the running kernel ({release}) has no {name} system call{said}: {how}"
         )
     if from_headers is None:
-        looked = f"no build metadata for it under {root / 'builds'}, no __NR_memuse in headers"
+        looked = f"no build metadata for it under {root / 'builds'}, no __NR_{name} in headers"
         if present:
             raise MemuseUnavailable(
-                f"the running kernel ({release}) has memuse but its number is unknown "
-                f"({looked}): if you know it, set {ENV_NR}=N {ENV_FORCE}=1 or pass --nr N --force"
+                f"the running kernel ({release}) has {name} but its number is unknown "
+                f"({looked}): if you know it, set {env_nr(name)}=N {env_force(name)}=1 or "
+                "pass --nr N --force"
             )
         raise MemuseUnavailable(
-            f"no memuse system call known for the running kernel ({release}; {looked}): "
-            f"{HOW_TO_GET_ONE}"
+            f"no {name} system call known for the running kernel ({release}; {looked}): {how}"
         )
     nr, path = from_headers
     if present is None:
         raise MemuseUnavailable(
-            f"{path} says memuse is {nr} but {kallsyms} cannot be read to check the running "
-            f"kernel ({release}) has it: set {ENV_NR}={nr} {ENV_FORCE}=1 to use it anyway"
+            f"{path} says {name} is {nr} but {kallsyms} cannot be read to check the running "
+            f"kernel ({release}) has it: set {env_nr(name)}={nr} {env_force(name)}=1 to use "
+            "it anyway"
         )
     return SyscallNumber(nr, f"header {path}", verified=True)

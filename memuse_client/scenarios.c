@@ -3,7 +3,8 @@
  * "memuse-scenario NAME key=value ..." on stdout, stops itself with SIGSTOP to be measured
  * and exits 0 once continued. `scenarios --list` prints the names.
  *
- * Exit status 77: this machine cannot run the scenario (no hugetlb pages, no address space).
+ * Exit status 77: this machine cannot run the scenario (no hugetlb pages, no address space,
+ * not root for hwpoison or devmem-private).
  * Exit status 2: bad usage. Any other failure: status 1 and a message on stderr.
  *
  * Nothing here calls malloc except heap-active, heap-passive and threads, so the heap of
@@ -12,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -26,6 +28,15 @@
 
 #ifndef MAP_HUGE_2MB
 #define MAP_HUGE_2MB (21 << 26)
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MADV_HWPOISON
+#define MADV_HWPOISON 100
+#endif
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 1U
 #endif
 
 #define UNAVAILABLE 77
@@ -209,9 +220,9 @@ static void mmap_anon(int argc, char **argv)
 	add(" bytes=%ld addr=%p", bytes, (void *)p);
 }
 
-static void thp(int argc, char **argv)
+/* Transparent huge pages: an aligned region of its own, MADV_HUGEPAGE'd and touched. */
+static char *thp_region(long bytes)
 {
-	long bytes = number(argc, argv, 2, 8) * MIB;
 	char *raw = anonymous(bytes + HUGE_2M, 0);
 	char *p = (char *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
 
@@ -224,6 +235,26 @@ static void thp(int argc, char **argv)
 		die(UNAVAILABLE, "scenarios %s: madvise(MADV_HUGEPAGE): %s\n", scenario,
 		    strerror(errno));
 	touch(p, bytes);
+	return p;
+}
+
+static void thp(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 8) * MIB;
+	char *p = thp_region(bytes);
+
+	keep = p;
+	add(" bytes=%ld addr=%p", bytes, (void *)p);
+}
+
+/* The same huge pages made PROT_NONE: their pmds stay huge, marked protnone. */
+static void thp_protnone(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 8) * MIB;
+	char *p = thp_region(bytes);
+
+	if (mprotect(p, bytes, PROT_NONE))
+		die(1, "scenarios %s: mprotect(PROT_NONE): %s\n", scenario, strerror(errno));
 	keep = p;
 	add(" bytes=%ld addr=%p", bytes, (void *)p);
 }
@@ -321,6 +352,172 @@ static void hugetlb(int argc, char **argv)
 	add(" pages=%ld bytes=%ld addr=%p", pages, bytes, (void *)p);
 }
 
+static volatile sig_atomic_t sigbus_count;
+
+static void on_sigbus(int sig)
+{
+	(void)sig;
+	sigbus_count++;
+}
+
+/*
+ * Touched anonymous pages, one of them poisoned with MADV_HWPOISON (root only): the
+ * kernel unmaps it and leaves a hwpoison entry in its pte.  Where the kernel sends the
+ * caller SIGBUS for it (MF_ACTION_REQUIRED), the handler counts it and carries on.
+ * The page frame stays retired until the next boot: meant for a test VM.
+ */
+static void hwpoison(int argc, char **argv)
+{
+	long pages = number(argc, argv, 2, 4);
+	long poisoned = number(argc, argv, 3, 1);
+	struct sigaction action;
+	char *p, *victim;
+
+	if (poisoned >= pages)
+		die(2, "scenarios %s: the poisoned page must be one of the pages\n", scenario);
+	memset(&action, 0, sizeof(action));
+	action.sa_handler = on_sigbus;
+	sigaction(SIGBUS, &action, NULL);
+	p = anonymous(pages * page, 0);
+	no_thp(p, pages * page);
+	touch(p, pages * page);
+	victim = p + poisoned * page;
+	if (madvise(victim, page, MADV_HWPOISON))
+		die(UNAVAILABLE, "scenarios %s: madvise(MADV_HWPOISON): %s (needs root and "
+		    "CONFIG_MEMORY_FAILURE)\n", scenario, strerror(errno));
+	keep = p;
+	add(" pages=%ld addr=%p poisoned=%p sigbus=%d", pages, (void *)p, (void *)victim,
+	    (int)sigbus_count);
+}
+
+/* Field 47 of /proc/self/stat: the heap's start (start_brk); 0 when unreadable. */
+static uintptr_t start_brk_of_self(void)
+{
+	char stat[4096], *field;
+	ssize_t n;
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return 0;
+	n = read(fd, stat, sizeof(stat) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	stat[n] = '\0';
+	field = strrchr(stat, ')');	/* the command name may hold spaces and parentheses */
+	if (!field)
+		return 0;
+	field += 2;			/* field 3, the state */
+	for (int index = 3; field && index < 47; index++) {
+		field = strchr(field, ' ');
+		if (field)
+			field++;
+	}
+	return field ? (uintptr_t)strtoull(field, NULL, 10) : 0;
+}
+
+/*
+ * One anonymous page mapped exactly at start_brk by a process that never moved brk: its
+ * VMA begins where the heap would.  smaps calls it [heap] where its rule is <=/>= (up to
+ * 6.6.y), and not where the rule is strict (6.7 on).
+ */
+static void brk_page(int argc, char **argv)
+{
+	char *brk_now = sbrk(0);
+	char *start_brk = (char *)start_brk_of_self();
+	char *p;
+
+	(void)argc;
+	(void)argv;
+	if (!start_brk || brk_now != start_brk)
+		die(1, "scenarios %s: brk %p is not start_brk %p\n", scenario, (void *)brk_now,
+		    (void *)start_brk);
+	/* a mapping right after the data segment would merge with it: no brk randomization */
+	if (msync(start_brk - page, page, MS_ASYNC) == 0)
+		die(UNAVAILABLE, "scenarios %s: start_brk %p directly follows a mapping (brk not "
+		    "randomized), so a page there would merge with it\n", scenario,
+		    (void *)start_brk);
+	p = mmap(start_brk, page, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (p != start_brk)
+		die(1, "scenarios %s: mmap at start_brk %p: %s\n", scenario, (void *)start_brk,
+		    p == MAP_FAILED ? strerror(errno) : "placed elsewhere");
+	touch(p, page);
+	keep = p;
+	add(" addr=%p start_brk=%p", (void *)p, (void *)start_brk);
+}
+
+/*
+ * A private, writable mapping of /dev/mem from physical address 0 (the first MiB is open
+ * to root under CONFIG_STRICT_DEVMEM): a VM_PFNMAP area, as remap_pfn_range() makes it.
+ * Writing its first page copies that page on write into an ordinary anonymous page; a
+ * second, read-only view of the same physical page shows the write did not reach it.
+ */
+static void devmem_private(int argc, char **argv)
+{
+	long pages = number(argc, argv, 2, 4);
+	long bytes = pages * page;
+	volatile char *p, *view;
+	char before;
+	int fd = open("/dev/mem", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		die(UNAVAILABLE, "scenarios %s: /dev/mem: %s (needs root and CONFIG_DEVMEM)\n",
+		    scenario, strerror(errno));
+	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	view = mmap(NULL, page, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED || view == MAP_FAILED)
+		die(UNAVAILABLE, "scenarios %s: mmap of /dev/mem: %s\n", scenario,
+		    strerror(errno));
+	close(fd);
+	before = view[0];
+	p[0] = (char)~before;
+	if (p[0] == before || view[0] != before)
+		die(1, "scenarios %s: the write was not copied on write\n", scenario);
+	munmap((void *)view, page);
+	keep = p;
+	add(" pages=%ld addr=%p", pages, (void *)p);
+}
+
+/*
+ * One small memfd mapped `count` times, every page of every mapping present: smaps counts
+ * each mapping's pages, so the resident total is count times the file, while the memory
+ * used is the file once (and the page tables).  Cheap gigabytes of Rss.  The file is
+ * written rather than fallocated, so its pages are up to date and a read fault maps its
+ * neighbours too (fault-around): a read of each page then faults about one in sixteen.
+ */
+static void memfd_many(int argc, char **argv)
+{
+	long bytes = number(argc, argv, 2, 16) * MIB;
+	long count = number(argc, argv, 3, 160);
+	int fd = memfd_create("memuse-scenario", MFD_CLOEXEC);
+	static char chunk[64 * 1024];
+	char *first = NULL;
+	long sum = 0;
+
+	if (fd < 0)
+		die(UNAVAILABLE, "scenarios %s: memfd_create: %s\n", scenario, strerror(errno));
+	memset(chunk, 1, sizeof(chunk));
+	for (long done = 0; done < bytes; done += sizeof(chunk))
+		if (write(fd, chunk, sizeof(chunk)) != (ssize_t)sizeof(chunk))
+			die(UNAVAILABLE, "scenarios %s: writing the memfd: %s\n", scenario,
+			    strerror(errno));
+	for (long i = 0; i < count; i++) {
+		volatile char *p = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
+
+		if (p == MAP_FAILED)
+			die(UNAVAILABLE, "scenarios %s: mapping %ld of %ld: %s\n", scenario, i + 1,
+			    count, strerror(errno));
+		for (long offset = 0; offset < bytes; offset += page)
+			sum += p[offset];
+		if (!first)
+			first = (char *)p;
+	}
+	close(fd);
+	keep = first;
+	add(" bytes=%ld count=%ld addr=%p sum=%ld", bytes, count, (void *)first, sum);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(int argc, char **argv);
@@ -337,6 +534,11 @@ static const struct {
 	{ "heap-read-only", heap_read_only },
 	{ "sparse-64g", sparse_64g },
 	{ "hugetlb", hugetlb },
+	{ "thp-protnone", thp_protnone },
+	{ "hwpoison", hwpoison },
+	{ "brk-page", brk_page },
+	{ "devmem-private", devmem_private },
+	{ "memfd-many", memfd_many },
 };
 
 int main(int argc, char **argv)

@@ -40,6 +40,11 @@ SCENARIOS = (
     "heap-read-only",
     "sparse-64g",
     "hugetlb",
+    "thp-protnone",
+    "hwpoison",
+    "brk-page",
+    "devmem-private",
+    "memfd-many",
 )
 UNAVAILABLE_STATUS = 77
 # a binary compiled elsewhere (the host, for a VM guest whose filesystem is read-only)

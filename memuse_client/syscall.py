@@ -9,12 +9,13 @@ import os
 from typing import Callable, Optional, Union
 
 from .discovery import (
-    ENV_FORCE,
-    ENV_NR,
     HOW_TO_GET_ONE,
+    MEMUSE,
     SyscallNumber,
     cache_root,
     discover,
+    env_force,
+    env_nr,
     kernel_release,
 )
 from .errors import MemuseUnavailable
@@ -67,19 +68,29 @@ def _error(code: int, nr: int, pid: int, mem_type: int, source: str) -> Exceptio
 
 @functools.lru_cache(maxsize=8)
 def _discover_cached(
-    override: Optional[int], force: bool, env_nr: str, env_force: str, root: str, release: str
+    name: str,
+    override: Optional[int],
+    force: bool,
+    env_nr_value: str,
+    env_force_value: str,
+    root: str,
+    release: str,
 ) -> SyscallNumber:
-    return discover(override=override, release=release, force=force)
+    return discover(override=override, release=release, force=force, name=name)
 
 
-def syscall_number(override: Optional[int] = None, force: bool = False) -> SyscallNumber:
-    """discover(), remembered while $MEMUSE_NR, $MEMUSE_FORCE, the cache root and the kernel
-    stay the same. force calls an unconfirmed override anyway (see discovery.FORCE_RISK)."""
+def syscall_number(
+    override: Optional[int] = None, force: bool = False, name: str = MEMUSE
+) -> SyscallNumber:
+    """discover() the number of syscall `name` (memuse unless told), remembered while its
+    variables ($MEMUSE_NR, $MEMUSE_FORCE...), the cache root and the kernel stay the same.
+    force calls an unconfirmed override anyway (see discovery.FORCE_RISK)."""
     return _discover_cached(
+        name,
         override,
         force,
-        os.environ.get(ENV_NR, ""),
-        os.environ.get(ENV_FORCE, ""),
+        os.environ.get(env_nr(name), ""),
+        os.environ.get(env_force(name), ""),
         str(cache_root()),
         kernel_release(),
     )

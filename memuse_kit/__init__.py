@@ -1,3 +1,3 @@
-"""memuse-kit: add the memuse(pid, mem_type) system call to a Linux tree, build, install, try it."""
+"""memuse-kit: add system calls (memuse, fdcount, yours) to a Linux tree, build, install, try."""
 
 __version__ = "0.1.0"

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from typing import Any, Callable, TypeVar
 
 from invoke.exceptions import Exit
 
+from memuse_kit.core import output
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.safety import describe_os_error, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
+VERBOSITY_HELP = {
+    "verbose": "also show every command memuse-kit runs",
+    "quiet": "only warnings, errors and results: no progress",
+}
 DEBUG_ENV = "MEMUSE_KIT_DEBUG"
 
 
@@ -28,11 +34,13 @@ def one_line_errors(func: F) -> F:
 
     KitError says what to do; an OSError (permissions, disk space, a missing file) is
     mapped to advice; anything else is a bug, shown in full only when debugging.
+    The task also gets -v/--verbose and -q/--quiet, which set the reporter's verbosity.
     """
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, verbose: bool = False, quiet: bool = False, **kwargs: Any) -> Any:
         try:
+            output.set_verbosity(verbose, quiet)
             return func(*args, **kwargs)
         except Exit:
             raise
@@ -54,4 +62,18 @@ def one_line_errors(func: F) -> F:
                 code=1,
             ) from None
 
+    wrapper.__signature__ = _with_verbosity(inspect.signature(func))  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def _with_verbosity(signature: inspect.Signature) -> inspect.Signature:
+    """The task's own parameters, then verbose and quiet, so Invoke offers -v and -q."""
+    params = list(signature.parameters.values())
+    varkw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+        for name in VERBOSITY_HELP
+        if name not in signature.parameters
+    ]
+    head = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return signature.replace(parameters=[*head, *extra, *varkw])

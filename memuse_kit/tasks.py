@@ -6,19 +6,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from memuse_kit.cli import one_line_errors
+from memuse_kit.cli import VERBOSITY_HELP, one_line_errors
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import report
 from memuse_kit.handoff import hand_on, handed_build, handed_tree
 from memuse_kit.patching import patch_step
+from memuse_kit.patching.spec import check_syscall_name
 from memuse_kit.trees.workspace import remember_tree, resolve_tree
 
 
-@task(
+def kit_task(*args: Any, help: Optional[Dict[str, str]] = None, **kwargs: Any) -> Any:
+    """Invoke's @task, with the help of the -v/-q flags every task gets from one_line_errors."""
+    return task(*args, help={**(help or {}), **VERBOSITY_HELP}, **kwargs)
+
+
+@kit_task(
     help={
         "source": "ubuntu-hwe-5.11 (default), debian:X.Y, kernel.org:X.Y[.Z]",
         "tree": "use a kernel tree you already have instead of downloading one",
@@ -35,37 +42,42 @@ def fetch(
     fetch_command(source=source, tree=tree, dry_run=dry_run)
 
 
-@task(
+@kit_task(
+    iterable=["syscall"],
     help={
         "tree": "kernel tree to patch (default: the last fetched source)",
         "source": "fetch this source first and patch its tree",
-        "out": "patch file to write (default: patches/memuse-<kernelversion>.patch)",
-        "revert": "restore every edited file byte for byte",
+        "syscall": "a syscall to add, by name (repeatable; default: the ones the tree has, "
+        "else memuse); with --revert, one to take out (default: all)",
+        "out": "patch file to write (default: patches/<source>-<version>-<syscalls>.patch)",
+        "revert": "restore every edited file byte for byte (or take out --syscall ones)",
         "dry-run": "show what would change, write nothing",
-    }
+    },
 )
 @one_line_errors
 def patch(
     c: Context,
     tree: Optional[str] = None,
     source: Optional[str] = None,
+    syscall: Optional[List[str]] = None,
     out: Optional[str] = None,
     revert: bool = False,
     dry_run: bool = False,
 ) -> None:
-    """Add the memuse syscall to a tree (number chosen from its tables) and write the patch."""
+    """Add syscalls to a tree (numbers chosen from its tables) and write the patch."""
     if revert and out is not None:
         raise KitError("--out and --revert do not go together")
+    names = [check_syscall_name(name) for name in syscall or []]
     root = resolve_tree(handed_tree(c, tree, source), source, dry_run=dry_run)
     if revert:
-        patch_step.revert_tree(root, dry_run=dry_run)
+        patch_step.revert_tree(root, dry_run=dry_run, syscalls=names)
     else:
-        patch_step.patch_tree(root, out, dry_run=dry_run)
+        patch_step.patch_tree(root, out, dry_run=dry_run, syscalls=names)
     remember_tree(tree, dry_run)
     hand_on(c, tree=root)
 
 
-@task(
+@kit_task(
     iterable=["tree"],
     help={
         "check": "fail if a shipped patch differs from what the templates give (no tree needed)",
@@ -80,7 +92,7 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
     regenerate_all([Path(t).expanduser().resolve() for t in tree or []], check=check)
 
 
-@task(
+@kit_task(
     iterable=["fragment"],
     help={
         "tree": "kernel tree to build (default: the last fetched source)",
@@ -144,7 +156,7 @@ def build(
         hand_on(c, tree=result.tree, build=result.build_dir.root)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree whose packages to install (default: the last fetched source)",
         "config": "which build of the tree (default: the latest successful one)",
@@ -173,7 +185,7 @@ def install(
     remember_tree(tree, dry_run)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree whose kernel to remove (default: the last fetched source)",
         "config": "which build of the tree (default: the latest successful one)",
@@ -195,7 +207,7 @@ def uninstall(
     uninstall_command(handed_tree(c, tree, None), config, release, dry_run)
 
 
-@task(
+@kit_task(
     help={
         "tree": "kernel tree whose build to boot (default: the last fetched source)",
         "source": "use this source's tree",
@@ -233,7 +245,7 @@ def vm(
         raise Exit(code=status)
 
 
-@task(
+@kit_task(
     help={
         "create": "build the image when the cache has none for the current recipe",
         "rebuild": "build it again even when it is cached",
@@ -247,7 +259,7 @@ def machine(c: Context, create: bool = False, rebuild: bool = False) -> None:
     machine_command(create=create, rebuild=rebuild)
 
 
-@task(
+@kit_task(
     help={
         "name": "module under memuse_kit/templates/ (default: hello)",
         "tree": "kernel tree whose build to compile against",
@@ -271,4 +283,50 @@ def module(
     remember_tree(tree, dry_run)
 
 
-namespace = Collection(fetch, patch, patches, build, install, uninstall, vm, machine, module)
+@kit_task(
+    iterable=["arg", "abi", "header"],
+    help={
+        "name": "the syscall's name (a C identifier, lower case)",
+        "arg": "a parameter, its C type then its name, e.g. 'pid_t pid' (repeatable, in order)",
+        "description": "what it does, in one line",
+        "abi": "x86_64, i386 or generic (repeatable; default: all three)",
+        "header": "a header its body needs, e.g. linux/fdtable.h (repeatable)",
+        "min-kernel": "the oldest kernel series it is for (default 5.10)",
+        "into": "the directory to create NAME/ in (default: the kit's syscalls in the "
+        "repository, else $MEMUSE_KIT_SYSCALLS or ~/.config/memuse-kit/syscalls)",
+        "dry-run": "check everything, say what would be created, write nothing",
+    },
+)
+@one_line_errors
+def new(
+    c: Context,
+    name: str,
+    arg: Optional[List[str]] = None,
+    description: Optional[str] = None,
+    abi: Optional[List[str]] = None,
+    header: Optional[List[str]] = None,
+    min_kernel: str = "5.10",
+    into: Optional[str] = None,
+    dry_run: bool = False,
+) -> None:
+    """Scaffold a new syscall: syscall.toml, a body returning -ENOSYS, a guest test stub."""
+    from memuse_kit.patching import scaffold
+
+    wanted = scaffold.request(name, arg or [], description, abi or [], header or [], min_kernel)
+    scaffold.create(wanted, scaffold.target_dir(into), dry_run=dry_run)
+
+
+@kit_task(name="list")
+@one_line_errors
+def list_syscalls(c: Context) -> None:
+    """The syscalls the kit knows, and where each one's folder is."""
+    from memuse_kit.patching import spec
+
+    for loaded in spec.load_specs(spec.available()):
+        report(f"{loaded.signature}: {loaded.description} ({loaded.folder})")
+
+
+syscall = Collection("syscall", new, list_syscalls)
+namespace = Collection(
+    fetch, patch, patches, build, install, uninstall, vm, machine, module, syscall
+)

@@ -1,6 +1,8 @@
-"""A tiny kernel tree with the files and anchors memuse edits, shaped like the real ones.
+"""A tiny kernel tree with the files and anchors the kit's syscalls edit, shaped like the
+real ones.
 
-Tables mix tabs and spaces and carry an x32 block, as upstream's do.
+Tables mix tabs and spaces and carry an x32 block, as upstream's do; kernel/Makefile starts
+with a multi-line obj-y list; MAINTAINERS has sections in order and THE REST last.
 """
 
 from __future__ import annotations
@@ -127,6 +129,93 @@ COMPAT_SYSCALL_DEFINE1(sysinfo, struct compat_sysinfo __user *, info)
 #endif /* CONFIG_COMPAT */
 """
 
+KERNEL_MAKEFILE = """\
+# SPDX-License-Identifier: GPL-2.0
+#
+# Makefile for the linux kernel.
+#
+
+obj-y     = fork.o \\
+\t    sys.o
+
+obj-$(CONFIG_MULTIUSER) += groups.o
+obj-$(CONFIG_VHOST_TASK) += vhost_task.o
+
+ifdef CONFIG_FUNCTION_TRACER
+CFLAGS_REMOVE_irq_work.o = $(CC_FLAGS_FTRACE)
+endif
+"""
+
+MAINTAINERS = """\
+List of maintainers
+===================
+
+Descriptions of section entries and preferred order
+---------------------------------------------------
+
+	M: *Mail* patches to: FullName <address@domain>
+	S: *Status*, one of the following:
+
+Maintainers List
+----------------
+
+FCOE SUBSYSTEM (libfc, libfcoe, fcoe)
+M:	Hannes Reinecke <hare@suse.de>
+S:	Supported
+F:	drivers/scsi/fcoe/
+
+FEI SUBSYSTEM
+M:	Someone Else <else@example.org>
+S:	Maintained
+F:	drivers/fei/
+
+MEMORY MANAGEMENT
+M:	Andrew Morton <akpm@linux-foundation.org>
+S:	Maintained
+F:	mm/
+
+MEN A21 WATCHDOG DRIVER
+M:	Johannes Thumshirn <morbidrsa@gmail.com>
+S:	Maintained
+F:	drivers/watchdog/mena21_wdt.c
+
+THE REST
+M:	Linus Torvalds <torvalds@linux-foundation.org>
+S:	Buried alive in reporters
+F:	*
+F:	*/
+"""
+
+# fs/file.c, which fdcount's spec probes: 5.10 still defines get_files_struct()
+FILE_C = {
+    "new": """\
+void put_files_struct(struct files_struct *files)
+{
+	if (atomic_dec_and_test(&files->count))
+		kmem_cache_free(files_cachep, files);
+}
+""",
+    "old": """\
+struct files_struct *get_files_struct(struct task_struct *task)
+{
+	struct files_struct *files;
+
+	task_lock(task);
+	files = task->files;
+	if (files)
+		atomic_inc(&files->count);
+	task_unlock(task);
+
+	return files;
+}
+
+void put_files_struct(struct files_struct *files)
+{
+	if (atomic_dec_and_test(&files->count))
+		kmem_cache_free(files_cachep, files);
+}
+""",
+}
 
 # The sources memuse_kit.patching.probes reads, in the shape of 7.x ("new") and of 5.10 ("old").
 MMAP_LOCK_H = """\
@@ -349,6 +438,7 @@ def probed_files(style: str = "new") -> Dict[str, str]:
         "mm/pagewalk.c": PAGEWALK_C[style],
         "mm/huge_memory.c": HUGE_MEMORY_C,
         "kernel/fork.c": FORK_C[style],
+        "fs/file.c": FILE_C[style],
     }
 
 
@@ -363,6 +453,8 @@ def fake_files(
         "include/uapi/asm-generic/unistd.h": UNISTD.format(last=last, total=last + 1),
         "include/linux/syscalls.h": SYSCALLS_H,
         "kernel/sys.c": SYS_C,
+        "kernel/Makefile": KERNEL_MAKEFILE,
+        "MAINTAINERS": MAINTAINERS,
         "scripts/syscall.tbl": GENERIC_TABLE.format(last=last) if generic else None,
         **probed_files(mm),
     }
@@ -402,7 +494,9 @@ O ?= .
 KCONFIG_CONFIG ?= .config
 CFG := $(O)/$(KCONFIG_CONFIG)
 RELEASE := {major}.{minor}.{sublevel}-memuse
-SRCS := kernel/sys.c kernel/fork.c
+# the objects kernel/Makefile lists unconditionally, as kbuild builds them
+include kernel/Makefile
+SRCS := $(obj-y:%.o=kernel/%.c)
 OBJS := $(SRCS:%.c=$(O)/%.o)
 IMAGE := $(O)/arch/x86/boot/bzImage
 

@@ -12,19 +12,24 @@ import ctypes
 import errno
 import functools
 import gzip
+import hashlib
 import json
 import os
 import pwd
 import re
 import select
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from memuse_client.discovery import kallsyms_has_memuse
+from memuse_client.build_record import BuildRecord
+from memuse_client.discovery import cache_root, kallsyms_has_memuse, kernel_release, matching_builds
 from memuse_client.smaps import Vma, classify, parse_fields, parse_smaps, thread_size
 
 PAGE = os.sysconf("SC_PAGESIZE")
@@ -107,6 +112,7 @@ class SmapsView:
 
     vmas: Tuple[Vma, ...]
     rollup: Dict[str, int]
+    text: str = ""  # smaps as read: its header lines and VmFlags, which Vma does not keep
 
     def expected(self, kind: int) -> int:
         """What memuse(pid, kind) must return for kinds 1, 3, 4 and 5."""
@@ -135,10 +141,97 @@ class SmapsView:
                 return vma
         raise AssertionError(f"no VMA holds {address:#x}")
 
+    def flags_at(self, address: int) -> Tuple[str, Tuple[str, ...]]:
+        """The permissions ("rw-p") and VmFlags ("rd", "pf", ...) of the VMA holding address."""
+        return vma_flags(self.text, address)
+
 
 def smaps_view(pid: Union[int, str]) -> SmapsView:
     """smaps and smaps_rollup of a pid, or of "self"."""
-    return SmapsView(tuple(read_smaps(pid)), read_rollup(pid))
+    text = Path(f"/proc/{pid}/smaps").read_text()
+    return SmapsView(tuple(parse_smaps(text)), read_rollup(pid), text)
+
+
+def vma_flags(smaps: str, address: int) -> Tuple[str, Tuple[str, ...]]:
+    """The permissions and VmFlags of the VMA holding address, from the text of smaps."""
+    perms, flags = "", None
+    for line in smaps.splitlines():
+        fields = line.split()
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+$", fields[0] if fields else ""):
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            perms = fields[1] if start <= address < end else ""
+        elif perms and fields and fields[0] == "VmFlags:":
+            flags = tuple(fields[1:])
+            break
+    if flags is None:
+        raise AssertionError(f"no VMA with VmFlags holds {address:#x}")
+    return perms, flags
+
+
+# --- what the running kernel was built from ------------------------------------------------
+
+
+def running_builds(nr: int) -> List[BuildRecord]:
+    """The build records of the running kernel's release that name memuse as nr.
+
+    The guest sees the host's cache (the vm task exports MEMUSE_KIT_CACHE), so the record of
+    the booted build is there, with the probes its code was chosen by and its tree.
+    """
+    records = [record for record, _ in matching_builds(kernel_release(), cache_root())]
+    found = [record for record in records if record.number_of("memuse") == nr]
+    if not found:
+        raise AssertionError(f"no build record of {kernel_release()} with memuse as {nr}")
+    return found
+
+
+def running_probes(nr: int) -> Dict[str, Any]:
+    """The probe results the running kernel's memuse was rendered with (metadata.json)."""
+    seen = {json.dumps(record.probes, sort_keys=True) for record in running_builds(nr)}
+    if len(seen) != 1:
+        raise AssertionError(f"the builds of {kernel_release()} disagree on their probes")
+    probes = json.loads(seen.pop())
+    if not probes:
+        raise AssertionError(f"the build record of {kernel_release()} has no probes")
+    return dict(probes)
+
+
+# --- callers written in C (tests/guest/callers.c) -----------------------------------------
+
+CALLERS_SOURCE = Path(__file__).resolve().parent / "guest" / "callers.c"
+# the binary the host compiled for the guest (gcc is slow under TCG and KASAN)
+CALLERS_ENV = "MEMUSE_GUEST_CALLERS"
+
+
+def callers_name() -> str:
+    """Named after its source, so a binary built from an older callers.c is never used."""
+    return f"memuse-callers-{hashlib.sha256(CALLERS_SOURCE.read_bytes()).hexdigest()[:16]}"
+
+
+def compile_callers(directory: Path) -> Path:
+    """tests/guest/callers.c compiled into directory."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise AssertionError("no C compiler for tests/guest/callers.c")
+    binary = directory / callers_name()
+    command = [compiler, "-O2", "-Wall", "-Werror", "-o", str(binary), str(CALLERS_SOURCE)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"{' '.join(command)}:\n{done.stderr}"
+    return binary
+
+
+@functools.lru_cache(maxsize=1)
+def callers_binary() -> Path:
+    """callers.c compiled, in a private temp directory that others may enter (nobody runs it
+    too): the host's build named by $MEMUSE_GUEST_CALLERS copied there, else compiled here."""
+    directory = Path(tempfile.mkdtemp(prefix="memuse-callers-"))
+    directory.chmod(0o755)
+    given = os.environ.get(CALLERS_ENV)
+    if not given or Path(given).name != callers_name() or not os.access(given, os.X_OK):
+        return compile_callers(directory)
+    binary = directory / callers_name()
+    shutil.copyfile(given, binary)
+    binary.chmod(0o755)
+    return binary
 
 
 # --- processes ------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from memuse_kit.core.cache import cache_root
 from memuse_kit.patching.patcher import TreeState
 
 MATRIX_SOURCES = ("debian:5.10", "debian:6.1", "debian:6.12", "debian:7.2")
+# the kernels the slow tiers build and boot have both of the kit's syscalls: memuse and its
+# example, fdcount, so that tests/guest checks both
+TESTED_SYSCALLS = ("memuse", "fdcount")
 UPSTREAM_511_ENV = "MEMUSE_KIT_TREE_5_11"
 # a 6.6.y source import unpacked outside the repo (Debian ships no 6.6); never committed
 UPSTREAM_66_ENV = "MEMUSE_KIT_TREE_6_6"

@@ -20,3 +20,12 @@ def test_without_memuse_the_benchmark_fails_in_one_line():
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench-memuse: ")
     assert "no memuse system call" in lines[0]
+
+
+@pytest.mark.parametrize("option", ["--min-rollup-ratio", "--max-sparse-ratio", "--repeat"])
+def test_a_ratio_or_repeat_that_is_not_positive_is_refused_in_one_line(option):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), option, "0"], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "bench-memuse: --repeat and the ratios must be positive"

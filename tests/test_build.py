@@ -48,13 +48,14 @@ def test_first_build_packages_and_records_everything(tree):
     assert artifacts.verify_sums(bd) == {name: True for name in names}
     meta = metadata(tree)
     assert meta["status"] == "success"
-    assert meta["kernel_release"] == "7.2.0-memuse" and meta["syscall_nr"] == 472
+    assert meta["kernel_release"] == "7.2.0-memuse" and meta["syscalls"] == {"memuse": 472}
+    assert meta["schema"] == 2
     assert meta["probes"]["heap_strict"] is True  # why the tree got the code it got
     assert meta["probes"]["huge_pmd_lookup"] == "vm_normal_page_pmd"
     assert meta["config"]["name"] == "vm" and len(meta["config"]["sha256"]) == 64
     assert set(meta["durations"]) == {"preflight", "config", "kernel", "package"}
-    assert meta["objects_compiled"] == 2
-    assert "  CC      kernel/sys.o" in bd.log.read_text()
+    assert meta["objects_compiled"] == 3  # kernel/Makefile's obj-y: fork.o, sys.o, memuse.o
+    assert "  CC      kernel/memuse.o" in bd.log.read_text()
 
 
 def test_the_packages_are_real_and_install_into_a_throwaway_root(tree, tmp_path):
@@ -204,18 +205,18 @@ def test_the_build_writes_nothing_into_the_tree(tree):
     assert snapshot(tree) == before
 
 
-def test_template_edit_recompiles_only_sys_c(tree, tmp_path, monkeypatch):
+def test_template_edit_recompiles_only_the_syscall_s_object(tree, tmp_path, monkeypatch):
     build(options(tree))
     copy = tmp_path / "templates"
     shutil.copytree(templates.TEMPLATES_DIR, copy)
     monkeypatch.setattr(templates, "TEMPLATES_DIR", copy)
-    body = copy / "kernel/memuse.c.j2"
+    body = copy / "syscalls/memuse/impl.c.j2"
     body.write_text(body.read_text().replace("return -EINVAL;", "return -EINVAL; /* v2 */"))
     patcher.apply_plan(patcher.plan_patch(tree))
     result = build(options(tree))
     log = result.build_dir.log.read_text()
-    assert result.compiled == 1 and "  CC      kernel/sys.o" in log
-    assert "kernel/fork.o" not in log
+    assert result.compiled == 1 and "  CC      kernel/memuse.o" in log
+    assert "kernel/fork.o" not in log and "kernel/sys.o" not in log
     assert b"/* v2 */" in artifacts.image_package(result.build_dir, result.release).read_bytes()
 
 

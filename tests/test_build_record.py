@@ -17,7 +17,9 @@ def write(tmp_path: Path, data: object) -> Path:
 
 
 def test_a_record_reads_back_as_written(tmp_path):
-    record = BuildRecord(status="success", kernel_release="7.2.13-memuse", syscall_nr=472)
+    record = BuildRecord(
+        status="success", kernel_release="7.2.13-memuse", syscalls={"memuse": 472, "fdcount": 473}
+    )
     record.config["sha256"] = "ab" * 32
     path = tmp_path / "metadata.json"
     path.write_text(record.to_json())
@@ -29,7 +31,19 @@ def test_a_record_without_a_schema_number_is_read_as_schema_1(tmp_path):
     old = {"status": "success", "kernel_release": "6.1.0-memuse", "syscall_nr": 451}
     path = write(tmp_path, old)
     record = read_record(path)
-    assert record.succeeded and record.number == 451 and record.schema == 1
+    assert record.succeeded and record.schema == SCHEMA == 2
+    assert record.syscalls == {"memuse": 451} and record.number_of("memuse") == 451
+
+
+def test_a_schema_1_record_migrates_to_syscalls_by_name(tmp_path):
+    """Schema 1 knew one syscall, memuse, by one number: that is what it says in schema 2."""
+    old = {"schema": 1, "status": "success", "kernel_release": "5.10.262-memuse", "syscall_nr": 441}
+    record = read_record(write(tmp_path, old))
+    assert record.syscalls == {"memuse": 441} and record.number_of("fdcount") is None
+    assert json.loads(record.to_json())["schema"] == 2
+    assert "syscall_nr" not in json.loads(record.to_json())
+    without = read_record(write(tmp_path, {"schema": 1, "status": "failed"}))
+    assert without.syscalls == {} and without.number_of("memuse") is None
 
 
 def test_fields_this_version_does_not_know_are_ignored(tmp_path):
@@ -40,12 +54,14 @@ def test_fields_this_version_does_not_know_are_ignored(tmp_path):
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        ({"schema": 2}, "schema 2, this memuse-kit reads schema 1"),
+        ({"schema": 3}, "schema 3, this memuse-kit reads schemas 1 and 2"),
         ({"schema": "1"}, "schema '1'"),
         ({"schema": True}, "schema True"),
         ([1, 2], "not a JSON object"),
         ({"config": "vm"}, "config is not a dict"),
         ({"artifacts": {"a": 1}}, "artifacts is not a list"),
+        ({"schema": 2, "syscalls": [472]}, "syscalls is not a dict"),
+        ({"schema": 2, "syscalls": None}, "syscalls is not a dict"),
     ],
 )
 def test_a_record_that_cannot_be_used_is_one_line(tmp_path, data, says):
@@ -64,5 +80,5 @@ def test_missing_and_damaged_files_are_one_line(tmp_path):
 
 
 def test_a_boolean_is_not_a_syscall_number():
-    assert BuildRecord(syscall_nr=True).number is None  # type: ignore[arg-type]
-    assert BuildRecord(syscall_nr=0).number == 0
+    assert BuildRecord(syscalls={"memuse": True}).number_of("memuse") is None
+    assert BuildRecord(syscalls={"memuse": 0}).number_of("memuse") == 0

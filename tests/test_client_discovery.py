@@ -152,5 +152,46 @@ def test_default_header_paths_include_the_running_kernels_build_tree():
 def test_a_record_of_another_schema_is_no_evidence(env, tmp_path):
     root = Path(env["MEMUSE_KIT_CACHE"])
     write_build(root, "old", kernel_release=RELEASE, syscall_nr=470, status="success")
-    write_build(root, "new", kernel_release=RELEASE, syscall_nr=471, status="success", schema=2)
+    later = {"memuse": 471}
+    write_build(root, "new", kernel_release=RELEASE, syscalls=later, status="success", schema=3)
     assert find(env, tmp_path).nr == 470
+
+
+WITH_BOTH = WITH_MEMUSE + "ffffffff81001250 T __x64_sys_fdcount\n"
+
+
+def test_each_syscall_is_found_by_its_name_in_the_build_record(env, tmp_path):
+    root = Path(env["MEMUSE_KIT_CACHE"])
+    both = {"memuse": 472, "fdcount": 473}
+    path = write_build(root, "b", kernel_release=RELEASE, syscalls=both, status="success", schema=2)
+    assert find(env, tmp_path, symbols=WITH_BOTH, name="fdcount") == SyscallNumber(
+        473, f"build metadata {path}", verified=True
+    )
+    assert find(env, tmp_path, symbols=WITH_BOTH).nr == 472  # memuse, unless told
+
+
+def test_a_build_without_the_syscall_is_no_evidence_for_it(env, tmp_path):
+    root = Path(env["MEMUSE_KIT_CACHE"])
+    write_build(root, "old", kernel_release=RELEASE, syscall_nr=472, status="success")  # schema 1
+    with pytest.raises(MemuseUnavailable, match=r"has no fdcount system call: .*--syscall fdcount"):
+        find(env, tmp_path, symbols=WITH_MEMUSE, name="fdcount")
+
+
+def test_headers_and_kallsyms_are_read_for_the_name_asked(env, tmp_path):
+    path = tmp_path / "unistd_64.h"
+    path.write_text("#define __NR_memuse 472\n#define __NR_fdcount 473\n")
+    assert find(env, tmp_path, headers=[path], symbols=WITH_BOTH, name="fdcount").nr == 473
+    with pytest.raises(MemuseUnavailable, match=r"has no fdcount system call \(.* says 473\)"):
+        find(env, tmp_path, headers=[path], symbols=WITH_MEMUSE, name="fdcount")
+
+
+def test_each_syscall_has_its_own_override_variable(env, tmp_path):
+    root = Path(env["MEMUSE_KIT_CACHE"])
+    both = {"memuse": 472, "fdcount": 473}
+    write_build(root, "b", kernel_release=RELEASE, syscalls=both, status="success", schema=2)
+    env["FDCOUNT_NR"] = "473"
+    assert find(env, tmp_path, symbols=WITH_BOTH, name="fdcount").source == "FDCOUNT_NR"
+    env["FDCOUNT_NR"] = "472"  # memuse's number: not fdcount's, so refused
+    with pytest.raises(MemuseUnavailable, match=r"confirmed to be fdcount.*FDCOUNT_FORCE=1"):
+        find(env, tmp_path, symbols=WITH_BOTH, name="fdcount")
+    assert find(env, tmp_path, symbols=WITH_BOTH).source.startswith("build metadata")

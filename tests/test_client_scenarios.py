@@ -21,6 +21,15 @@ def measure(pid: int) -> dict:
     return smaps_measure(pid)
 
 
+def smaps_header(pid: int, address: int) -> str:
+    """The smaps header line ("start-end perms offset dev inode name") of a VMA."""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        bounds = line.split(" ", 1)[0].split("-")
+        if len(bounds) == 2 and int(bounds[0], 16) <= address < int(bounds[1], 16):
+            return line
+    raise AssertionError(f"no VMA of {pid} holds {address:#x}")
+
+
 def vma_at(pid: int, address: int) -> Vma:
     """The smaps entry of the VMA holding `address`."""
     for vma in parse_smaps(Path(f"/proc/{pid}/smaps").read_text()):
@@ -138,6 +147,39 @@ def test_thp_region_is_aligned_and_resident():
     # trimmed to exactly the aligned region, a VMA of its own
     assert (vma.start, vma.end) == (start, start + 8 * MIB)
     assert vma.rss == 8 * MIB
+
+
+def test_thp_protnone_leaves_the_aligned_region_inaccessible():
+    try:
+        with stopped_scenario("thp-protnone", 4) as pid:
+            start = pid.number("addr")
+            header = smaps_header(pid, start)
+    except ScenarioUnavailable as err:
+        pytest.skip(str(err))
+    assert header.split()[:2] == [f"{start:x}-{start + 4 * MIB:x}", "---p"]
+
+
+def test_brk_page_is_one_page_of_its_own_at_start_brk():
+    with stopped_scenario("brk-page") as pid:
+        start = pid.number("addr")
+        vma = vma_at(pid, start)
+    assert start == pid.number("start_brk") and start % PAGE == 0
+    assert (vma.start, vma.end, vma.rss) == (start, start + PAGE, PAGE)
+
+
+def test_memfd_many_maps_one_file_again_and_again_all_present():
+    with stopped_scenario("memfd-many", 1, 3) as pid:
+        vmas = parse_smaps(Path(f"/proc/{pid}/smaps").read_text())
+    mapped = [vma for vma in vmas if vma.name.startswith("/memfd:memuse-scenario")]
+    assert pid.number("count") == len(mapped) == 3
+    assert [vma.rss for vma in mapped] == [MIB] * 3
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="as root it would really poison a page here")
+@pytest.mark.parametrize("name", ["hwpoison", "devmem-private"])
+def test_root_only_scenarios_say_why_they_cannot_run(name):
+    with pytest.raises(ScenarioUnavailable, match="needs root"), stopped_scenario(name):
+        pass
 
 
 def test_hugetlb_stops_or_says_it_cannot():

@@ -421,9 +421,11 @@ def test_a_record_of_another_schema_is_one_line_and_nothing_runs(built, host):
 
 
 def test_a_record_from_before_the_schema_number_still_installs(built, host):
+    """Written before records had a schema (schema 1): memuse's number alone, as syscall_nr."""
     tree, bd = built
     data = json.loads(bd.metadata.read_text())
-    assert data.pop("schema") == 1
+    assert data.pop("schema") == 2
+    data["syscall_nr"] = data.pop("syscalls")["memuse"]
     bd.metadata.write_text(json.dumps(data))
     system = FakeSystem(host)
     install.install(bd, tree, host, system)

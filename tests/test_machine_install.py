@@ -26,7 +26,7 @@ from memuse_kit.trying import machine
 from memuse_kit.trying.vm import prebuilt_scenarios
 from tests import machine_support as kit
 from tests.guest_support import is_report
-from tests.kernel_trees import cached_tree
+from tests.kernel_trees import TESTED_SYSCALLS, cached_tree
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,7 +52,7 @@ def memuse_build() -> BuildDir:
     if given:
         return BuildDir(Path(given))
     tree = cached_tree("debian:7.2")
-    ensure_patched(tree)
+    ensure_patched(tree, syscalls=TESTED_SYSCALLS)  # as the VM tier patches the same tree
     return build(BuildOptions(tree=tree, config="vm", source={"spec": "debian:7.2"})).build_dir
 
 

@@ -8,9 +8,11 @@ import pytest
 
 from memuse_kit.core.errors import KitError
 from memuse_kit.patching import patcher, patchfile, templates
+from tests.fakelinux import SYS_C as SYS_C_TEXT
 from tests.fakelinux import make_fake_tree, mtimes, snapshot
 
 SYS_C = "kernel/sys.c"
+MEMUSE_C = "kernel/memuse.c"
 TBL64 = "arch/x86/entry/syscalls/syscall_64.tbl"
 
 
@@ -26,7 +28,7 @@ def patch(tree: Path) -> patcher.PatchPlan:
 
 
 def test_number_is_one_past_the_highest_in_any_table(tree):
-    assert patch(tree).nr == 463
+    assert patch(tree).numbers == {"memuse": 463}
     assert "463\tcommon\tmemuse\t\t\tsys_memuse\n" in (tree / TBL64).read_text()
 
 
@@ -42,13 +44,18 @@ def test_every_file_gets_its_edit(tree):
         "sys_mseal(unsigned long start, size_t len, unsigned long flags);\n"
         "asmlinkage long sys_memuse(pid_t pid, int mem_type);\n\n/*\n * Architecture" in syscalls_h
     )
-    sys_c = (tree / SYS_C).read_text()
-    includes = (
-        "#include <linux/hugetlb.h>\n#include <linux/pagewalk.h>\n#include <linux/leafops.h>\n"
-    )
-    assert "#include <linux/uaccess.h>\n" + includes in sys_c
-    assert sys_c.rstrip().endswith("#endif /* CONFIG_MMU */")
-    assert "SYSCALL_DEFINE2(memuse, pid_t, pid, int, mem_type)" in sys_c
+    memuse_c = (tree / MEMUSE_C).read_text()
+    assert memuse_c.startswith("// SPDX-License-Identifier: GPL-2.0\n#include <linux/compat.h>\n")
+    includes = "#include <linux/syscalls.h>\n#include <linux/leafops.h>\n\n/*\n * memuse("
+    assert includes in memuse_c
+    assert memuse_c.endswith("#endif /* CONFIG_MMU */\n")
+    assert "\nSYSCALL_DEFINE2(memuse, pid_t, pid, int, mem_type)\n{" in memuse_c
+    makefile = (tree / "kernel/Makefile").read_text()
+    assert "\t    sys.o\n\nobj-y += memuse.o\nobj-$(CONFIG_MULTIUSER) += groups.o\n" in makefile
+    maintainers = (tree / "MAINTAINERS").read_text()
+    section = "MEMUSE SYSTEM CALL\nM:\tmemuse-kit <memuse-kit@example.org>\nS:\tMaintained\n"
+    assert f"F:\tmm/\n\n{section}F:\tkernel/memuse.c\n\nMEN A21" in maintainers
+    assert (tree / SYS_C).read_text() == SYS_C_TEXT  # the body has a file of its own
 
 
 def test_table_entry_lines_up_with_the_line_above(tree):
@@ -61,7 +68,7 @@ def test_table_entry_lines_up_with_the_line_above(tree):
 def test_optional_files_are_left_out_when_the_tree_lacks_them(tmp_path):
     tree = make_fake_tree(tmp_path / "linux", version="5.11.0", last=441, generic=False)
     plan = patch(tree)
-    assert plan.nr == 442
+    assert plan.numbers == {"memuse": 442}
     assert "scripts/syscall.tbl" not in {f.path for f in plan.files}
 
 
@@ -96,23 +103,23 @@ def edited_templates(tmp_path: Path, monkeypatch):
     return copy
 
 
-def test_template_edit_rewrites_only_sys_c(tree, edited_templates):
+def test_template_edit_rewrites_only_the_syscall_s_file(tree, edited_templates):
     patch(tree)
     before = mtimes(tree)
-    body = edited_templates / "kernel/memuse.c.j2"
+    body = edited_templates / "syscalls/memuse/impl.c.j2"
     body.write_text(body.read_text().replace("return -EINVAL;", "return -EINVAL; /* edited */"))
     plan = patch(tree)
-    assert [f.path for f in plan.changed] == [SYS_C]
+    assert [f.path for f in plan.changed] == [MEMUSE_C]
     after = mtimes(tree)
     changed = {path for path in after if after[path] != before.get(path)}
-    assert changed == {SYS_C, ".memuse-kit/state.json"}
-    assert "/* edited */" in (tree / SYS_C).read_text()
+    assert changed == {MEMUSE_C, ".memuse-kit/state.json"}
+    assert "/* edited */" in (tree / MEMUSE_C).read_text()
 
 
 def test_revert_after_a_template_edit_is_still_byte_exact(tree, edited_templates):
     pristine = snapshot(tree)
     patch(tree)
-    body = edited_templates / "kernel/memuse.c.j2"
+    body = edited_templates / "syscalls/memuse/impl.c.j2"
     body.write_text(body.read_text().replace("return -ESRCH;", "return -ESRCH; /* new */"))
     patcher.revert(tree)
     assert snapshot(tree) == pristine
@@ -123,7 +130,7 @@ def test_a_foreign_memuse_is_refused_and_nothing_is_written(tree):
     other = "\n463\tcommon\tmemuse\t\t\tsys_other\n\n#\n# Due"
     table.write_text(table.read_text().replace("\n\n#\n# Due", other))
     before = snapshot(tree)
-    with pytest.raises(KitError, match=r"syscall_64.tbl:\d+ already has a memuse"):
+    with pytest.raises(KitError, match=r"syscall_64.tbl:\d+ already has a memuse syscall"):
         patcher.plan_patch(tree)
     assert snapshot(tree) == before
 
@@ -138,8 +145,8 @@ def test_missing_anchor_is_a_clear_error_and_the_tree_is_untouched(tree):
 
 
 def test_a_missing_required_file_is_named(tree):
-    (tree / SYS_C).unlink()
-    with pytest.raises(KitError, match=r"lacks kernel/sys\.c"):
+    (tree / "kernel/Makefile").unlink()
+    with pytest.raises(KitError, match=r"lacks kernel/Makefile, which every syscall must edit"):
         patcher.plan_patch(tree)
 
 
@@ -152,7 +159,7 @@ def test_a_failed_write_leaves_no_half_patched_tree(tree, monkeypatch):
 
     def failing(path, data):
         calls.append(path)
-        if path.name == "sys.c":
+        if path.name == "memuse.c":
             raise OSError("disk full")
         real(path, data)
 
@@ -166,8 +173,8 @@ def test_a_failed_write_leaves_no_half_patched_tree(tree, monkeypatch):
 
 def test_revert_refuses_a_file_edited_after_patching(tree):
     patch(tree)
-    sys_c = tree / SYS_C
-    sys_c.write_text(sys_c.read_text() + "/* mine */\n")
+    memuse_c = tree / MEMUSE_C
+    memuse_c.write_text(memuse_c.read_text() + "/* mine */\n")
     before = snapshot(tree)
     with pytest.raises(KitError, match="changed since memuse-kit patched it"):
         patcher.revert(tree)
@@ -206,7 +213,7 @@ def test_patch_file_is_rewritten_only_when_it_changes(tree, tmp_path):
 
 def test_patch_file_names_its_origin(tree):
     text = patchfile.render_patch(patcher.plan_patch(tree))
-    assert patchfile.patch_origin(text) == ("6.12.0", 463)
+    assert patchfile.patch_origin(text) == patchfile.Origin("6.12.0", {"memuse": 463})
     assert "Signed-off-by: " in text
 
 
@@ -214,8 +221,8 @@ def test_the_code_follows_the_probes_not_the_version(tmp_path):
     """Two trees that call themselves 6.6.9 get the code their own sources call for."""
     old = patch(make_fake_tree(tmp_path / "old", version="6.6.9", last=453, mm="old"))
     new = patch(make_fake_tree(tmp_path / "new", version="6.6.9", last=453))
-    old_c = (old.tree / SYS_C).read_text()
-    new_c = (new.tree / SYS_C).read_text()
+    old_c = (old.tree / MEMUSE_C).read_text()
+    new_c = (new.tree / MEMUSE_C).read_text()
     assert "vma->vm_start <= mm->brk && vma->vm_end >= mm->start_brk" in old_c
     assert "vma_is_initial_heap(vma)" in new_c and "mm->start_brk" not in new_c
     assert "vma_is_initial_stack(vma)" in new_c and "vma_is_initial_stack" not in old_c
@@ -229,4 +236,7 @@ def test_the_code_follows_the_probes_not_the_version(tmp_path):
     assert "softleaf_has_pfn(softleaf_from_pte(pte))" in new_c
     assert "linux/swapops.h" in old_c and "linux/leafops.h" in new_c
     assert "-ESRCH)\n\t\treturn NULL" in new_c and "-ESRCH)\n\t\treturn NULL" not in old_c
-    assert "at_least" not in (templates.TEMPLATES_DIR / "kernel/memuse.c.j2").read_text()
+    bodies = sorted((templates.TEMPLATES_DIR / "syscalls").glob("*/impl.c.j2"))
+    assert len(bodies) >= 2  # memuse and fdcount
+    for body in bodies:
+        assert "at_least" not in body.read_text() and "kernel." not in body.read_text()

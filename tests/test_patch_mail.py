@@ -12,7 +12,7 @@ import pytest
 from memuse_kit.patching import patch_step, patcher, patchfile, shipped
 from tests.fakelinux import make_fake_tree, mtimes, snapshot
 
-SHIPPED = sorted(patchfile.PATCHES_DIR.glob("memuse-*.patch"))
+SHIPPED = sorted(patchfile.PATCHES_DIR.glob("*.patch"))
 AUTHOR = "memuse-kit <memuse-kit@example.org>"
 
 
@@ -37,17 +37,19 @@ def repository(root: Path, files: Dict[str, str]) -> Path:
 
 def post_images(patch_text: str) -> Dict[str, str]:
     """Each file of a patch after it: its hunks' context and added lines."""
-    return {
-        path: "".join(line[1:] for line in diff.body if line[:1] in (" ", "+"))
-        for path, diff in shipped.parse_diffs(patch_text).items()
-    }
+    return {path: "".join(diff.postimage) for path, diff in shipped.parse_diffs(patch_text).items()}
 
 
-def assert_applied_by_git_am(repo: Path, patch: Path) -> None:
+def assert_applied_by_git_am(repo: Path, patch: Path, subject: str) -> None:
     git(repo, "am", "-q", str(patch))
     log = git(repo, "log", "-1", "--format=%an <%ae>%n%s")
-    assert log.splitlines() == [AUTHOR, "kernel: add the memuse system call"]
+    assert log.splitlines() == [AUTHOR, subject]
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_the_shipped_patches_include_both_syscall_sets():
+    assert len(SHIPPED) == 10  # 5 kernel sources x (memuse, memuse+fdcount): a glob that
+    # matched nothing would let the test below pass with no case at all
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -55,8 +57,11 @@ def test_git_am_takes_every_shipped_patch(path, tmp_path):
     """On a repository of the patch's pre-images (the real files' lines around each hunk)."""
     text = path.read_text()
     diffs = shipped.parse_diffs(text)
-    repo = repository(tmp_path / "repo", {p: "".join(d.preimage) for p, d in diffs.items()})
-    assert_applied_by_git_am(repo, path)
+    existing = {p: "".join(d.preimage) for p, d in diffs.items() if not d.created}
+    repo = repository(tmp_path / "repo", existing)
+    what = "memuse and fdcount system calls" if "+" in path.name else "memuse system call"
+    subject = f"kernel: add the {what}"
+    assert_applied_by_git_am(repo, path, subject)
     for rel, expected in post_images(text).items():
         assert (repo / rel).read_text() == expected, rel
 
@@ -67,7 +72,7 @@ def test_git_am_takes_a_freshly_written_patch(tmp_path):
     out = tmp_path / "memuse.patch"
     patch_step.patch_tree(tree, str(out))
     repo = repository(tmp_path / "repo", pristine)
-    assert_applied_by_git_am(repo, out)
+    assert_applied_by_git_am(repo, out, "kernel: add the memuse system call")
     for rel in pristine:
         assert (repo / rel).read_bytes() == (tree / rel).read_bytes(), rel
 

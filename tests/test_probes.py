@@ -61,12 +61,14 @@ def test_follow_trans_huge_pmd_asking_gup_refuses_protnone():
     assert not probe_files(files).smaps_counts_protnone_thp
 
 
-def test_a_tree_older_than_the_templates_is_refused_in_one_line():
-    files = probed_files("old")
-    files["include/linux/mmap_lock.h"] = ""  # 5.4 had mmap_sem and no mmap_lock.h
+def test_a_tree_older_than_a_syscall_needs_is_refused_in_one_line(tmp_path):
+    """memuse's spec requires what its body calls; 5.4 had mmap_sem and no mmap_lock.h."""
+    tree = make_fake_tree(tmp_path / "linux", mm="old")
+    (tree / "include/linux/mmap_lock.h").unlink()
     with pytest.raises(KitError, match=r"lacks mmap_read_lock_killable.*5\.10 and later") as e:
-        probe_files(files)
-    assert "\n" not in str(e.value)
+        patcher.plan_patch(tree)
+    assert "\n" not in str(e.value) and "which memuse needs" in str(e.value)
+    assert patcher.plan_patch(tree, ["fdcount"]).numbers == {"fdcount": 463}
 
 
 def test_an_unknown_smaps_rule_is_an_error_not_a_guess():
@@ -88,10 +90,27 @@ def test_the_patch_header_records_the_probes_and_the_check_reads_them(tmp_path):
     tree = make_fake_tree(tmp_path / "linux", version="6.6.9", last=453, mm="old")
     text = patchfile.render_patch(patcher.plan_patch(tree))
     assert "  heap_strict=no\n" in text and "  huge_pmd_lookup=follow_trans_huge_pmd\n" in text
-    assert patchfile.patch_facts(text) == probe_files(probed_files("old"))
+    assert patchfile.patch_probes(text).facts == probe_files(probed_files("old"))
     assert shipped.stale_files(text) == []
     flipped = text.replace("  heap_strict=no\n", "  heap_strict=yes\n")
-    assert shipped.stale_files(flipped) == ["kernel/sys.c"]
+    assert shipped.stale_files(flipped) == ["kernel/memuse.c"]
+
+
+@pytest.mark.parametrize(("mm", "has"), [("old", True), ("new", False)])
+def test_a_spec_s_own_probe_chooses_its_code_and_the_patch_records_it(tmp_path, mm, has):
+    """fdcount's get_files_struct probe: 5.10 defines get_files_struct() in fs/file.c."""
+    tree = make_fake_tree(tmp_path / "linux", mm=mm)
+    plan = patcher.plan_patch(tree, ["fdcount"])
+    text = patchfile.render_patch(plan)
+    assert f"  fdcount.get_files_struct={'yes' if has else 'no'}\n" in text
+    assert ("files = get_files_struct(task);" in text) is has
+    assert ("task_lock(task);" in text) is not has
+    assert "heap_strict" not in text  # fdcount's body reads no tree facts: none are recorded
+    assert patchfile.patch_probes(text).declared == {"fdcount": {"get_files_struct": has}}
+    assert shipped.stale_files(text) == []
+    said, other = ("yes", "no") if has else ("no", "yes")
+    flipped = text.replace(f"get_files_struct={said}", f"get_files_struct={other}")
+    assert shipped.stale_files(flipped) == ["kernel/fdcount.c"]
 
 
 def test_no_probed_file_is_one_memuse_kit_edits():
@@ -152,6 +171,26 @@ def real_tree(name: str) -> Path:
     if not directory:
         pytest.skip(f"set {UPSTREAM_TREES[name]}=DIR")
     return Path(directory)
+
+
+# fdcount's own probe: get_files_struct() went in 5.11 (upstream), Debian's 5.10 still has it
+HAS_GET_FILES_STRUCT = {
+    "debian:5.10": True,
+    "debian:6.1": False,
+    "debian:6.12": False,
+    "debian:7.2": False,
+    "upstream-5.11": False,
+    "upstream-6.6.9": False,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(HAS_GET_FILES_STRUCT))
+def test_real_trees_answer_fdcount_s_probe(name):
+    fdcount = patcher.spec.load_spec("fdcount")
+    assert patcher.declared_probes(real_tree(name), fdcount) == {
+        "get_files_struct": HAS_GET_FILES_STRUCT[name]
+    }
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ def test_invoke_and_memuse_kit_run_the_same_tasks():
         "machine",
         "module",
     }
+    assert set(tasks.ns.collections["syscall"].tasks) == {"new", "list"}
 
 
 def test_memuse_kit_lists_and_helps_from_another_directory(tmp_path):

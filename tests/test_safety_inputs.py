@@ -20,7 +20,7 @@ import pytest
 from tests.fakelinux import make_fake_buildable_tree
 from tests.safety_support import fingerprint, invoke, memuse, run_all
 
-SYS_C = "kernel/sys.c"
+MAKEFILE = "kernel/Makefile"
 TBL64 = "arch/x86/entry/syscalls/syscall_64.tbl"
 
 
@@ -85,10 +85,10 @@ def _mixed_endings(world: World) -> None:
 
 
 def _symlinked_target(world: World) -> None:
-    sys_c = world.tree / SYS_C
-    (world.out / "sys.c").write_bytes(sys_c.read_bytes())
-    sys_c.unlink()
-    sys_c.symlink_to(world.out / "sys.c")
+    makefile = world.tree / MAKEFILE
+    (world.out / "Makefile").write_bytes(makefile.read_bytes())
+    makefile.unlink()
+    makefile.symlink_to(world.out / "Makefile")
 
 
 def _foreign_memuse(world: World) -> None:
@@ -96,6 +96,18 @@ def _foreign_memuse(world: World) -> None:
     table.write_text(
         table.read_text().replace("\n\n#\n# Due", "\n472\tcommon\tmemuse\tx\n\n#\n# Due")
     )
+
+
+def _foreign_fdcount(world: World) -> None:
+    table = world.tree / TBL64
+    table.write_text(
+        table.read_text().replace("\n\n#\n# Due", "\n472\tcommon\tfdcount\tx\n\n#\n# Due")
+    )
+
+
+def _new(world: World, *args: str) -> List[str]:
+    """invoke syscall.new ... into a directory of the test's (never the repository)."""
+    return ["syscall.new", *args, "--into", str(world.root / "mine")]
 
 
 def _no_anchor(world: World) -> None:
@@ -118,7 +130,7 @@ ROWS = [
     Row("fetch-unknown-source", lambda w: ["fetch", "--source", "bogus:1"], "unknown source"),
     Row("fetch-bad-release", lambda w: ["fetch", "--source", "kernel.org:x.y"], "unknown source"),
     Row("fetch-missing-tree", lambda w: ["fetch", "--tree", "/nonexistent/x"], "kernel tree"),
-    Row("fetch-not-a-tree", lambda w: ["fetch", "--tree", f"{T(w)}/kernel"], "kernel tree"),
+    Row("fetch-not-a-tree", lambda w: ["fetch", "--tree", f"{T(w)}/include"], "kernel tree"),
     Row(
         "fetch-both",
         lambda w: ["fetch", "--tree", T(w), "--source", "debian:7.2"],
@@ -199,7 +211,7 @@ ROWS = [
         "state-wrong-types",
         lambda w: ["patch", "--tree", T(w)],
         "lists no files",
-        setup=lambda w: _state(w, _record(["kernel/sys.c"])),
+        setup=lambda w: _state(w, _record([MAKEFILE])),
     ),
     Row(
         "state-names-outside",
@@ -234,8 +246,8 @@ ROWS = [
     Row(
         "target-missing",
         lambda w: ["patch", "--tree", T(w)],
-        "lacks kernel/sys.c",
-        setup=lambda w: (w.tree / SYS_C).unlink(),
+        "lacks kernel/Makefile",
+        setup=lambda w: (w.tree / MAKEFILE).unlink(),
     ),
     Row(
         "foreign-memuse",
@@ -244,6 +256,35 @@ ROWS = [
         setup=_foreign_memuse,
     ),
     Row("missing-anchor", lambda w: ["patch", "--tree", T(w)], "anchor", setup=_no_anchor),
+    # patch: which syscalls
+    Row(
+        "syscall-unknown",
+        lambda w: ["patch", "--tree", T(w), "--syscall", "nosuch"],
+        "no syscall named 'nosuch'",
+    ),
+    Row(
+        "syscall-bad-name",
+        lambda w: ["patch", "--tree", T(w), "--syscall", "../x"],
+        "is not a syscall name",
+    ),
+    Row(
+        "syscall-revert-bad-name",
+        lambda w: ["patch", "--revert", "--tree", T(w), "--syscall", "Bad Name"],
+        "is not a syscall name",
+    ),
+    Row(
+        "syscall-clash",
+        lambda w: ["patch", "--tree", T(w), "--syscall", "fdcount"],
+        "already has a fdcount syscall",
+        setup=_foreign_fdcount,
+    ),
+    # syscall.new
+    Row("new-bad-name", lambda w: _new(w, "9lives"), "is not a syscall name"),
+    Row("new-bad-type", lambda w: _new(w, "x", "--arg", "float f"), "type 'float'"),
+    Row("new-bad-arg", lambda w: _new(w, "x", "--arg", "int"), "is not a C parameter"),
+    Row("new-bad-abi", lambda w: _new(w, "x", "--abi", "arm64"), "unknown ABI 'arm64'"),
+    Row("new-i386-long", lambda w: _new(w, "x", "--arg", "long off"), "zero-extended"),
+    Row("new-exists", lambda w: _new(w, "memuse"), "exists already"),
     # build --dry-run
     Row("build-jobs-text", lambda w: ["build", "--dry-run", "--jobs", "abc"], "--jobs"),
     Row("build-jobs-negative", lambda w: ["build", "--dry-run", "--jobs=-3"], "--jobs"),
@@ -406,7 +447,7 @@ def outcomes(tmp_path_factory, victim) -> Dict[str, Outcome]:
 def test_there_are_enough_rows_in_every_class():
     assert len(ROWS) >= 40
     tasks = {row.argv(World(Path("/t"), Path("/t"), Path("/c"), Path("/o")))[0] for row in ROWS}
-    assert {"fetch", "patch", "build", "install", "vm", "module"} <= tasks
+    assert {"fetch", "patch", "build", "install", "vm", "module", "syscall.new"} <= tasks
     assert sum(row.client for row in ROWS) >= 8
 
 

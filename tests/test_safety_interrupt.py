@@ -100,28 +100,35 @@ def _duration(action: Callable[[], object]) -> float:
 
 
 def test_killed_runs_are_recoverable_to_pristine(tmp_path: Path, fast_dir: Path, no_fsync):
+    """Runs of three kinds are killed: a patch adding two syscalls, a revert of one of them
+    (which rewrites the shared files and removes a file), and a whole revert."""
     tree = make_fake_tree(fast_dir / "linux")
     out = tmp_path / "memuse.patch"
     pristine = entries(tree)
 
     def patch() -> None:
-        patch_step.patch_tree(tree, str(out))
+        patch_step.patch_tree(tree, str(out), syscalls=["memuse", "fdcount"])
+
+    def revert_one() -> None:
+        patch_step.revert_tree(tree, syscalls=["fdcount"])
 
     def revert() -> None:
         patch_step.revert_tree(tree)
 
-    span = {"patch": _duration(patch), "revert": _duration(revert)}
+    actions = {"patch": patch, "revert-one": revert_one, "revert": revert}
+    span = {"patch": _duration(patch), "revert-one": _duration(revert_one)}
+    span["revert"] = _duration(revert)
     assert entries(tree) == pristine
     rng = random.Random(9)
     killed = 0
     for run in range(RUNS):
-        action = "patch" if run % 2 == 0 else "revert"
-        if action == "revert":
+        action = ("patch", "revert-one", "patch", "revert")[run % 4]
+        if action != "patch":
             quietly(patch)
         delay = rng.uniform(0, span[action] * 1.2)
-        killed += _killed_at(delay, patch if action == "patch" else revert)
+        killed += _killed_at(delay, actions[action])
         # recovery: the ordinary commands, each of which first removes a killed run's leftovers
-        if run % 4 < 2:
+        if run % 8 < 4:
             quietly(patch)
             assert not [p for p in entries(tree) if Path(p).name.startswith(TMP_PREFIX)]
         quietly(revert)

@@ -22,7 +22,7 @@ import pytest
 from tests.fakelinux import make_fake_tree
 from tests.safety_support import REPO, fingerprint, tool_env
 
-SYS_C = "kernel/sys.c"
+TARGET = "kernel/Makefile"  # a file every syscall edits
 
 
 def _plain_user() -> Optional[str]:
@@ -116,15 +116,15 @@ def test_an_unwritable_kernel_directory(place: Place):
 
 
 def test_a_read_only_file(place: Place):
-    place.chmod(place.tree / SYS_C, 0o444)
+    place.chmod(place.tree / TARGET, 0o444)
     before = fingerprint(place.tree)
     done = place.run("patch", "--tree", str(place.tree), "--out", str(place.out / "x.patch"))
     _refused(place, done, before, "is read-only")
 
 
 def test_an_unreadable_file(place: Place):
-    place.chmod(place.tree / SYS_C, 0o000)
-    if os.access(place.tree / SYS_C, os.R_OK) and os.geteuid() != 0:
+    place.chmod(place.tree / TARGET, 0o000)
+    if os.access(place.tree / TARGET, os.R_OK) and os.geteuid() != 0:
         pytest.skip("this user reads files whatever their mode")
     before = fingerprint(place.tree)
     done = place.run("patch", "--tree", str(place.tree), "--out", str(place.out / "x.patch"))
@@ -166,7 +166,7 @@ def _chattr(path: Path, flag: str) -> Optional[str]:
 
 @pytest.mark.parametrize("flag", ["+i", "+a"])
 def test_an_immutable_or_append_only_file(place: Place, flag: str):
-    why = _chattr(place.tree / SYS_C, flag)
+    why = _chattr(place.tree / TARGET, flag)
     if why is not None:
         pytest.skip(f"{why} (needs root: CAP_LINUX_IMMUTABLE)")
     before = fingerprint(place.tree)

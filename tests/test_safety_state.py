@@ -22,13 +22,15 @@ from tests.safety_support import fingerprint
 TBL64 = "arch/x86/entry/syscalls/syscall_64.tbl"
 GENERIC = "scripts/syscall.tbl"
 SYS_C = "kernel/sys.c"
+MAKEFILE = "kernel/Makefile"
 TARGETS = [
     TBL64,
     "arch/x86/entry/syscalls/syscall_32.tbl",
     "include/uapi/asm-generic/unistd.h",
     GENERIC,
     "include/linux/syscalls.h",
-    SYS_C,
+    MAKEFILE,
+    "MAINTAINERS",
 ]
 
 
@@ -116,12 +118,27 @@ GOOD = {"original_sha256": "0" * 64, "patched_sha256": "1" * 64}
         ({"files": {SYS_C: GOOD}, "nr": True, "kernel": "7"}, "no syscall number"),
         ({"files": {SYS_C: GOOD}, "nr": 472}, "no kernel version"),
         ({"files": {"/etc/passwd": GOOD}, "nr": 472, "kernel": "7"}, "not a file memuse-kit"),
+        ({"files": {MAKEFILE: GOOD}, "nr": 472, "kernel": "7", "version": 3}, "has version 3"),
+        ({"files": {MAKEFILE: GOOD}, "kernel": "7", "version": 2}, "no syscall number"),
+        (
+            {"files": {MAKEFILE: GOOD}, "syscalls": {"no such": 1}, "kernel": "7", "version": 2},
+            "no syscall number",
+        ),
+        (  # only the files memuse-kit creates may have no original
+            {
+                "files": {MAKEFILE: {"original_sha256": None, "patched_sha256": "1" * 64}},
+                "syscalls": {"memuse": 472},
+                "kernel": "7",
+                "version": 2,
+            },
+            "lacks its sha256 sums",
+        ),
     ],
 )
 def test_damaged_state_is_one_line_on_how_to_recover(tree: Path, data: object, why: str):
     _state(tree, data)
     before = fingerprint(tree)
-    for action in (patcher.plan_patch, patcher.revert, patcher.recorded_number):
+    for action in (patcher.plan_patch, patcher.revert, patcher.recorded_syscalls):
         with pytest.raises(KitError) as caught:
             action(tree)
         message = str(caught.value)
@@ -137,9 +154,9 @@ def test_a_state_file_that_is_a_directory(tree: Path):
 
 def test_a_missing_pristine_copy_says_how_to_recover(tree: Path, tmp_path: Path):
     _patch(tree, tmp_path / "x.patch")
-    (tree / ".memuse-kit" / "original" / SYS_C).unlink()
+    (tree / ".memuse-kit" / "original" / MAKEFILE).unlink()
     before = fingerprint(tree)
-    with pytest.raises(KitError, match=r"missing or damaged: restore .*sys\.c"):
+    with pytest.raises(KitError, match=r"missing or damaged: restore .*kernel/Makefile"):
         patcher.revert(tree)
     assert fingerprint(tree) == before
 

@@ -82,7 +82,16 @@ def test_the_installed_package_is_the_wheel_not_the_repository(installed):
         assert Path(line).is_relative_to(installed["venv"]), line
         assert not Path(line).is_relative_to(REPO), line
     templates = Path(done.stdout.split()[2])
-    for data in ("kernel/memuse.c.j2", "config/vm.config", "hello/Kbuild", "patch-header.j2"):
+    for data in (
+        "syscalls/memuse/syscall.toml",
+        "syscalls/memuse/impl.c.j2",
+        "syscalls/fdcount/impl.c.j2",
+        "kernel/source.c.j2",
+        "scaffold/syscall.toml.j2",
+        "config/vm.config",
+        "hello/Kbuild",
+        "patch-header.j2",
+    ):
         assert (templates / data).is_file(), data
     assert (templates.parent / "data" / "sources.toml").is_file()
 
@@ -100,10 +109,23 @@ def test_list_and_help_from_outside_the_repository(installed):
 def test_a_real_patch_dry_run_renders_the_installed_templates(installed):
     tree = make_fake_buildable_tree(installed["base"] / "linux")
     before = snapshot(tree)
-    done = memuse_kit(installed, "patch", "--tree", str(tree), "--dry-run")
+    done = memuse_kit(
+        installed, "patch", "--tree", str(tree), "--syscall", "memuse", "--syscall", "fdcount",
+        "--dry-run",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "kernel/sys.c" in done.stdout and "syscall" in done.stdout
+    assert "kernel/memuse.c (new)" in done.stdout and "kernel/fdcount.c (new)" in done.stdout
+    assert "memuse is syscall number 472, fdcount 473" in done.stdout
     assert snapshot(tree) == before
+
+
+def test_the_installed_kit_lists_and_scaffolds_syscalls(installed):
+    listed = memuse_kit(installed, "syscall.list")
+    assert listed.returncode == 0, listed.stderr
+    assert "long fdcount(pid_t pid, unsigned int flags)" in listed.stdout
+    made = memuse_kit(installed, "syscall.new", "mine", "--arg", "int x", "--dry-run")
+    assert made.returncode == 0, made.stderr
+    assert "would create" in made.stdout and "site-packages" not in made.stdout
 
 
 def test_a_build_dry_run_finds_the_installed_config_fragments(installed):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
-from memuse_kit.building import artifacts, compiler, distributed, kconfig, preflight
+from memuse_kit.building import artifacts, compiler, distributed, kconfig, mounts, preflight
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
@@ -20,9 +19,9 @@ from memuse_kit.core.cache import ccache_dir
 from memuse_kit.core.clock import now
 from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say, warn
+from memuse_kit.core.output import problem, report, say, warn
 from memuse_kit.core.runner import Runner
-from memuse_kit.patching import patcher, probes
+from memuse_kit.patching import patcher
 from memuse_kit.trees.kernel_version import KernelVersion, read_tree_version
 
 
@@ -38,7 +37,8 @@ class BuildOptions:
     dry_run: bool = False
     use_ccache: bool = True
     source: Optional[dict] = None
-    planned_nr: Optional[int] = None  # a dry run's number for a tree it did not patch
+    # a dry run's syscall numbers for a tree it did not patch
+    planned_syscalls: Dict[str, int] = field(default_factory=dict)
     localmodconfig: bool = False
     lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
     distcc: Optional[str] = None  # distcc's host list: compile the objects on those helpers
@@ -65,7 +65,7 @@ def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
 
 
 def _env(cc: compiler.Compiler, tree: Path, extra: Optional[Dict[str, str]] = None) -> dict:
-    # A fixed build number and a timestamp that moves only when the memuse edits do keep
+    # A fixed build number and a timestamp that moves only when the kit's edits do keep
     # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
     stamp = patcher.patched_at(tree)
     env = {
@@ -128,7 +128,7 @@ class Builder:
         except KitError as error:
             if not self.options.dry_run:
                 raise
-            say(f"# a real build would stop here: {error}")
+            report(f"# a real build would stop here: {error}")
 
     def _compiler(self) -> compiler.Compiler:
         try:
@@ -136,20 +136,22 @@ class Builder:
         except KitError as error:
             if not self.options.dry_run:
                 raise
-            say(f"# a real build would stop here: {error}")
+            report(f"# a real build would stop here: {error}")
             return compiler.Compiler(compiler.rule_for(self.kernel).candidates[0], "?", None)
 
     def preflight(self) -> None:
         self._precondition(preflight.check_not_root)
         self._precondition(lambda: preflight.check_packages(self.kernel))
         self._precondition(lambda: preflight.check_disk(self.bd.root, self.options.config))
+        if self.options.localmodconfig and self.options.lsmod is None:
+            self._precondition(mounts.check_boot_mounts)
         self.cc = self._compiler()
         self.farm = self._farm(self.cc)
         self.cc = distributed.with_engine(self.cc, self.farm)
-        nr = patcher.recorded_number(self.tree)
-        if nr is None and self.options.dry_run:
-            nr = self.options.planned_nr
-        if nr is None:
+        numbers = patcher.recorded_syscalls(self.tree)
+        if not numbers and self.options.dry_run:
+            numbers = dict(self.options.planned_syscalls)
+        if not numbers:
             raise KitError(f"{self.tree} is not patched yet: run invoke patch --tree {self.tree}")
         pahole = preflight.pahole_version()
         btf_ok, btf_why = preflight.btf_suits(self.kernel, pahole)
@@ -158,13 +160,14 @@ class Builder:
         self.btf_ok = btf_ok
         with_ccache = " + ccache" if self.cc.ccache else ""
         say(
-            f"building Linux {self.kernel} (memuse = syscall {nr}) with {self.cc.command} "
-            f"{self.cc.version}{with_ccache}, config {self.options.config}{self._farm_note()}"
+            f"building Linux {self.kernel} ({patcher.describe_numbers(numbers)}) with "
+            f"{self.cc.command} {self.cc.version}{with_ccache}, config {self.options.config}"
+            f"{self._farm_note()}"
         )
         self.writer.update(
             kernel_version=str(self.kernel),
-            syscall_nr=nr,
-            probes=probes.probe_tree(self.tree).as_dict(),
+            syscalls=numbers,
+            probes=patcher.probe_results(self.tree, list(numbers)),
             tree=str(self.tree),
             source=self.options.source,
             config={
@@ -194,14 +197,14 @@ class Builder:
             except KitError as error:
                 if not self.options.dry_run:
                     raise
-                say(f"# a real build would stop here: {error}")
+                report(f"# a real build would stop here: {error}")
                 return None
         if farm is None:
             return None
         if self.options.jobs is None:
             self.jobs = farm.jobs()
         if self.options.dry_run:
-            say(f"# preflight: a real build first test-compiles on each {farm.engine} helper")
+            report(f"# preflight: a real build first test-compiles on each {farm.engine} helper")
         else:
             preflight.check_helpers(farm, cc)
         return farm
@@ -243,7 +246,7 @@ class Builder:
             self.bd.obj, inputs, self.previous.config
         ):
             if self.runner.dry_run:
-                say("# configure: nothing to do, the configuration's inputs are unchanged")
+                report("# configure: nothing to do, the configuration's inputs are unchanged")
             return
         self.config_request = request  # generated now: its digest is taken again after make
         candidate = kconfig.generate(request, self.runner)
@@ -346,14 +349,14 @@ class Builder:
 
     def _announce(self, step: str) -> None:
         if self.runner.dry_run:
-            say(f"# {step} (dry run: printed, not run)")
+            report(f"# {step} (dry run: printed, not run)")
 
     def _check(self, status: int, progress: BuildProgress, what: str) -> None:
         if status == 0:
             return
         self.writer.update(error=progress.errors[:10])
         for line in progress.errors[:10]:
-            print(f"  {line}", file=sys.stderr)
+            problem(f"  {line}")
         raise KitError(f"{what} failed (status {status}); full log: {self.bd.log}")
 
     def run(self) -> BuildResult:
@@ -398,8 +401,8 @@ def build(options: BuildOptions) -> BuildResult:
     if options.dry_run:
         return result
     if result.compiled == 0:
-        say("nothing to compile: the kernel was up to date")
-    say(f"kernel {result.release}: packages in {result.build_dir.artifacts}")
+        report("nothing to compile: the kernel was up to date")
+    report(f"kernel {result.release}: packages in {result.build_dir.artifacts}")
     for package in result.packages:
-        say(f"  {package.name}")
+        report(f"  {package.name}")
     return result

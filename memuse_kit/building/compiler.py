@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.runner import Runner
 from memuse_kit.trees.kernel_version import KernelVersion
 
 
@@ -53,7 +53,7 @@ def rule_for(kernel: KernelVersion) -> CompilerRule:
 
 
 def version_of(command: str) -> str:
-    out = subprocess.run([command, "--version"], capture_output=True, text=True, check=False)
+    out = Runner().run([command, "--version"], check=False, mutates=False)
     first = out.stdout.splitlines()[0] if out.stdout else ""
     match = re.search(r"(\d+\.\d+(?:\.\d+)?)\s*$", first) or re.search(r"(\d+\.\d+\.\d+)", first)
     return match.group(1) if match else first.strip()

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.runner import CommandTimeout, Runner
 
 DISTCC_PORT = 3632
 DISTCC_SLOTS = 4  # distcc's own limit for a TCP host named without /LIMIT
@@ -270,18 +271,10 @@ def _compile(
 ) -> subprocess.CompletedProcess:
     cmd = [*command, "-c", "probe.c", "-o", output]
     try:
-        return subprocess.run(
-            cmd,
-            cwd=work,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            errors="replace",
-            stdin=subprocess.DEVNULL,
-            timeout=PROBE_TIMEOUT,
-            check=False,
+        return Runner().run(
+            cmd, cwd=work, env=env, check=False, mutates=False, timeout=PROBE_TIMEOUT
         )
-    except subprocess.TimeoutExpired:
+    except CommandTimeout:
         return subprocess.CompletedProcess(cmd, 124, "", f"no answer in {PROBE_TIMEOUT:.0f} s")
 
 

@@ -9,24 +9,30 @@ from memuse_kit.building import distributed, kconfig, preflight
 from memuse_kit.building.build import BuildOptions, BuildResult, build
 from memuse_kit.core.cache import builds_dir, trees_dir
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say
+from memuse_kit.core.output import report
 from memuse_kit.patching import patcher
 from memuse_kit.patching.patch_step import clean_before_run
+from memuse_kit.patching.spec import DEFAULT_SYSCALLS
 from memuse_kit.trees.workspace import NotFetched, resolve_tree
 
 
-def ensure_patched(tree: Path, dry_run: bool = False) -> patcher.PatchPlan:
+def ensure_patched(
+    tree: Path, dry_run: bool = False, syscalls: Sequence[str] = ()
+) -> patcher.PatchPlan:
+    """The tree with the syscalls it has brought up to date, and `syscalls` added (memuse
+    on a tree that has none)."""
     if not dry_run:
         clean_before_run(tree)
-    plan = patcher.plan_patch(tree)
+    plan = patcher.plan_patch(tree, syscalls)
+    numbers = patcher.describe_numbers(plan.numbers)
     if not plan.changed:
-        say(f"{tree}: memuse (syscall {plan.nr}) already patched in")
+        report(f"{tree}: already patched ({numbers})")
         return plan
     if dry_run:
-        say(f"# patch: would patch {', '.join(f.path for f in plan.changed)} (syscall {plan.nr})")
+        report(f"# patch: would patch {', '.join(f.path for f in plan.changed)} ({numbers})")
         return plan
     patcher.apply_plan(plan)
-    say(f"{tree}: patched memuse in as syscall {plan.nr} ({len(plan.changed)} files)")
+    report(f"{tree}: patched ({numbers}; {len(plan.changed)} files)")
     return plan
 
 
@@ -53,7 +59,7 @@ def build_chain(
 
     options = BuildOptions(tree=root, config=config, fragments=tuple(fragments), **flags)  # type: ignore[arg-type]
     options.source = source_record(root)
-    options.planned_nr = plan.nr
+    options.planned_syscalls = plan.numbers
     return build(options)
 
 
@@ -71,9 +77,10 @@ def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:
     extra = "".join(f" + {fragment}" for fragment in fragments)
     for line in (
         f"# fetch: would download and unpack {spec} into {trees_dir()}",
-        "# patch: would add memuse to the fetched tree (number chosen from its tables)",
+        f"# patch: would add {' and '.join(DEFAULT_SYSCALLS)} to the fetched tree "
+        "(numbers chosen from its tables)",
         f"# configure: would generate the {config}{extra} configuration in {builds_dir()}",
         "# compile: would run make O=<build dir>/obj -j<jobs> in the tree",
         "# package: would run make bindeb-pkg, packages into <build dir>/artifacts",
     ):
-        say(line)
+        report(line)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -14,6 +12,8 @@ from memuse_kit.building import distributed
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.building.kconfig import parse_options
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import problem
+from memuse_kit.core.runner import Runner
 from memuse_kit.trees.kernel_version import KernelVersion
 
 
@@ -109,7 +109,7 @@ def check_disk(path: Path, config: str) -> None:
 def pahole_version() -> Optional[Tuple[int, int]]:
     if not shutil.which("pahole"):
         return None
-    out = subprocess.run(["pahole", "--version"], capture_output=True, text=True, check=False)
+    out = Runner().run(["pahole", "--version"], check=False, mutates=False)
     text = out.stdout.strip().lstrip("v")
     try:
         major, minor = text.split(".")[:2]
@@ -144,8 +144,8 @@ def report(problems: Sequence[str], what: str) -> None:
         return
     if len(problems) == 1:
         raise KitError(problems[0])
-    for problem in problems:
-        print(f"memuse-kit: preflight: {problem}", file=sys.stderr, flush=True)
+    for line in problems:
+        problem(f"memuse-kit: preflight: {line}")
     raise KitError(f"{len(problems)} problems with {what} (above); nothing was built")
 
 

@@ -9,6 +9,8 @@ from typing import Callable, Optional, TextIO
 
 from tqdm import tqdm
 
+from memuse_kit.core import output
+
 # kbuild's quiet output: "  CC      kernel/sys.o", "  LD [M]  fs/foo.ko", ...
 _STEP = re.compile(r"^\s{2}(CC|AS|CC \[M\]|AS \[M\])\s+\S+\.o\s*$")
 _ERROR = re.compile(
@@ -45,7 +47,7 @@ class BuildProgress:
         self.steps = 0
         self.errors: list = []
         self.bar: Optional[tqdm] = None
-        if out.isatty():
+        if out.isatty() and output.verbosity() >= output.Verbosity.NORMAL:
             self.bar = tqdm(total=self.estimate, desc=label, unit="obj", file=out, leave=False)
 
     def percent(self) -> int:
@@ -86,7 +88,7 @@ class BuildProgress:
 
     def _line(self, text: str) -> None:
         elapsed = self.clock() - self.started
-        print(f"{self.label}: {text}, {_minutes(elapsed)}", file=self.out, flush=True)
+        output.progress(f"{self.label}: {text}, {_minutes(elapsed)}", self.out)
 
     def close(self, ok: bool) -> None:
         if self.bar is not None:

@@ -6,7 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 from memuse_kit.core.safety import TMP_PREFIX, is_regular_file
 
@@ -38,34 +38,41 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     return True
 
 
-def write_all_or_nothing(contents: Mapping[Path, bytes]) -> list[Path]:
-    """Write several files; if any write fails, restore the ones already written.
+def write_all_or_nothing(contents: Mapping[Path, Optional[bytes]]) -> list[Path]:
+    """Write several files (None: remove that file); if any step fails, put back the ones
+    already done.
 
     Returns the paths whose content changed, in the order given.
     """
     changed = [path for path, data in contents.items() if not _same(path, data)]
-    originals = {path: path.read_bytes() if path.exists() else None for path in changed}
+    originals = {path: path.read_bytes() if is_regular_file(path) else None for path in changed}
     done: list[Path] = []
     try:
         for path in changed:
-            write_atomic(path, contents[path])
+            _put(path, contents[path])
             done.append(path)
     except BaseException:
         for path in done:
-            original = originals[path]
-            if original is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomic(path, original)
+            _put(path, originals[path])
         raise
     return changed
 
 
-def _same(path: Path, data: bytes) -> bool:
-    """Whether path is a regular file holding data; reads at most len(data) + 1 bytes."""
+def _put(path: Path, data: Optional[bytes]) -> None:
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomic(path, data)
+
+
+def _same(path: Path, data: Optional[bytes]) -> bool:
+    """Whether path is a regular file holding data (None: whether there is nothing at path);
+    reads at most len(data) + 1 bytes."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
+        return data is None
+    if data is None:
         return False
     if not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
         return False

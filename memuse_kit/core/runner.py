@@ -6,12 +6,13 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Union
 
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import detail, report
 
 LineSink = Callable[[str], None]
 
@@ -43,7 +44,9 @@ class Runner:
     def _announce(self, line: str) -> None:
         self.history.append(line)
         if self.dry_run:
-            print(line, file=self.out or sys.stdout, flush=True)
+            report(line, self.out)
+        else:
+            detail(f"$ {line}")
 
     def run(
         self,
@@ -53,15 +56,43 @@ class Runner:
         env: Optional[Dict[str, str]] = None,
         check: bool = True,
         mutates: bool = True,
+        input: Optional[str] = None,
+        stdin: Optional[IO[Any]] = None,
+        timeout: Optional[float] = None,
+        interactive: bool = False,
     ) -> subprocess.CompletedProcess:
-        """Run and capture output. Commands with mutates=False also run in dry runs."""
+        """Run and capture output. Commands with mutates=False also run in dry runs.
+
+        input (text) or stdin (an open file) feed the command; otherwise it reads nothing.
+        interactive commands share the terminal (sudo asking for a password) and are not
+        captured. Over its timeout the command is killed and CommandTimeout raised.
+        """
         self._announce(format_command(cmd, cwd, env))
         if self.dry_run and mutates:
             return subprocess.CompletedProcess(list(cmd), 0, "", "")
-        result = _run_captured(cmd, cwd, env)
+        feed = Feed(input, stdin, interactive)
+        result = _run_captured(cmd, cwd, env, feed, timeout)
         if check and result.returncode != 0:
             raise KitError(_failure_line(cmd, result.returncode, result.stderr or result.stdout))
         return result
+
+    def start(
+        self,
+        cmd: Sequence[str],
+        *,
+        stdout: Union[int, IO[Any]] = subprocess.DEVNULL,
+        stderr: Union[int, IO[Any], None] = subprocess.STDOUT,
+    ) -> subprocess.Popen:
+        """Start a command in the background (QEMU, a tar feeding a pipe); the caller waits."""
+        self._announce(format_command(cmd))
+        if self.dry_run:
+            raise KitError(f"{cmd[0]} cannot start in a dry run")
+        try:
+            return subprocess.Popen(
+                list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
+            )
+        except OSError as error:
+            raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
 
     def stream(
         self,
@@ -145,20 +176,44 @@ def _merged_env(env: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
     return merged
 
 
+@dataclass(frozen=True)
+class Feed:
+    """What a captured command reads: text, an open file, the terminal, or nothing."""
+
+    text: Optional[str] = None
+    file: Optional[IO[Any]] = None
+    interactive: bool = False
+
+    def stdin(self) -> Union[int, IO[Any], None]:
+        if self.interactive:
+            return None
+        if self.file is not None:
+            return self.file
+        return None if self.text is not None else subprocess.DEVNULL
+
+
 def _run_captured(
-    cmd: Sequence[str], cwd: Optional[Path], env: Optional[Dict[str, str]]
+    cmd: Sequence[str],
+    cwd: Optional[Path],
+    env: Optional[Dict[str, str]],
+    feed: Feed = Feed(),
+    timeout: Optional[float] = None,
 ) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
             list(cmd),
             cwd=cwd,
             env=_merged_env(env),
-            capture_output=True,
+            capture_output=not feed.interactive,
             text=True,
             errors="replace",
-            stdin=subprocess.DEVNULL,
+            input=feed.text,
+            stdin=feed.stdin(),
+            timeout=timeout,
             check=False,
         )
+    except subprocess.TimeoutExpired:
+        raise CommandTimeout(f"{cmd[0]} ran over {timeout:.0f}s and was stopped") from None
     except OSError as error:
         raise KitError(f"cannot run {cmd[0]}: {error.strerror}") from None
 

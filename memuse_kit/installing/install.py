@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from memuse_kit.building import artifacts
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say, warn
+from memuse_kit.core.output import report, warn
 from memuse_kit.core.runner import Runner
 from memuse_kit.patching import patcher
 
@@ -68,10 +67,9 @@ def read_package_size(deb: Path) -> PackageSize:
 
 
 def _dpkg_deb(args: List[str]) -> str:
-    try:
-        done = subprocess.run(["dpkg-deb", *args], capture_output=True, text=True, check=False)
-    except OSError:
-        raise KitError("dpkg-deb is missing: install needs a Debian or Ubuntu machine") from None
+    if not shutil.which("dpkg-deb"):
+        raise KitError("dpkg-deb is missing: install needs a Debian or Ubuntu machine")
+    done = Runner().run(["dpkg-deb", *args], check=False, mutates=False)
     if done.returncode != 0:
         raise KitError(f"{args[-1]} is not a readable .deb package: {done.stderr.strip()}")
     return done.stdout
@@ -82,8 +80,8 @@ def sudo_works(interactive: bool) -> bool:
     if not shutil.which("sudo"):
         return False
     if interactive:
-        return subprocess.run(["sudo", "-v"], check=False).returncode == 0
-    quiet = subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False)
+        return Runner().run(["sudo", "-v"], check=False, interactive=True).returncode == 0
+    quiet = Runner().run(["sudo", "-n", "true"], check=False, mutates=False)
     return quiet.returncode == 0
 
 
@@ -150,10 +148,8 @@ def grub_default(host: Host) -> str:
 def sorts_first(release: str, boot: Path) -> bool:
     """Whether update-grub will make release its first entry: the newest by `sort -V`."""
     kernels = {p.name[len("vmlinuz-") :] for p in boot.glob("vmlinuz-*")} | {release}
-    ordered = subprocess.run(
-        ["sort", "-V"], input="\n".join(kernels) + "\n", capture_output=True, text=True,
-        check=False,
-    ).stdout.split()  # fmt: skip
+    listing = "\n".join(kernels) + "\n"
+    ordered = Runner().run(["sort", "-V"], input=listing, mutates=False).stdout.split()
     return bool(ordered) and ordered[-1] == release
 
 
@@ -183,7 +179,7 @@ def check_build(bd: BuildDir, tree: Optional[Path]) -> InstallPlan:
     if {p.name.split("_")[0] + "_" for p in packages} != wanted:
         raise KitError(f"{bd.artifacts} does not hold the image and headers of {release}")
     if tree is not None and (
-        record.tree != str(tree) or record.number != patcher.recorded_number(tree)
+        record.tree != str(tree) or record.syscalls != patcher.recorded_syscalls(tree)
     ):
         raise KitError(f"the packages in {bd.artifacts} were not built from {tree} as patched now")
     return InstallPlan(release, packages)
@@ -312,7 +308,7 @@ def install(
     runner.run([*sudo, "grub-set-default" if default else "grub-reboot", plan.entry])
     if not runner.dry_run:
         when = "from now on" if default else "on the next reboot only"
-        say(f"installed {plan.release}; it boots {when} (sudo reboot)")
+        report(f"installed {plan.release}; it boots {when} (sudo reboot)")
 
 
 def keep_default(plan: InstallPlan, host: Host, runner: Runner) -> None:
@@ -333,7 +329,7 @@ def keep_default(plan: InstallPlan, host: Host, runner: Runner) -> None:
         runner.run([*sudo, "update-grub"])
     runner.run([*sudo, "grub-set-default", plan.keep])
     if not runner.dry_run:
-        say(f"GRUB's default stays {host.running_release} ({plan.release} is newer)")
+        report(f"GRUB's default stays {host.running_release} ({plan.release} is newer)")
 
 
 def uninstall(release: str, host: Host, runner: Runner) -> None:
@@ -342,7 +338,7 @@ def uninstall(release: str, host: Host, runner: Runner) -> None:
     packages = [f"linux-image-{release}", f"linux-headers-{release}"]
     installed = [p for p in packages if _installed(p)] if not runner.dry_run else packages
     if not installed:
-        say(f"{release} is not installed")
+        report(f"{release} is not installed")
         return
     check_sudo(host, runner.dry_run)
     sudo = host.sudo()
@@ -360,7 +356,7 @@ def uninstall(release: str, host: Host, runner: Runner) -> None:
     if not runner.dry_run:
         if f"gnulinux-{release}-" in _read(host.grub_cfg):
             raise KitError(f"{host.grub_cfg} still lists {release}: run sudo update-grub")
-        say(f"removed {', '.join(installed)}")
+        report(f"removed {', '.join(installed)}")
 
 
 def _saved_entry(grubenv: Path) -> str:
@@ -383,7 +379,5 @@ def _read(path: Path) -> str:
 def _installed(package: str) -> bool:
     if not shutil.which("dpkg-query"):
         return False
-    out = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True, check=False
-    )
+    out = Runner().run(["dpkg-query", "-W", "-f=${Status}", package], check=False, mutates=False)
     return out.stdout.strip() == "install ok installed"

@@ -1,8 +1,12 @@
-"""Plan, apply and revert the memuse edits on a kernel tree.
+"""Plan, apply and revert a set of syscalls on a kernel tree.
 
-The pristine bytes of every edited file are kept under <tree>/.memuse-kit/, so a
-re-run after a template change rewrites only what changed and --revert is byte-exact
-even when the templates moved on since the tree was patched.
+A tree holds a set of the kit's syscalls, each with its number: adding one keeps the numbers
+of those already there, reverting one leaves the others as they are. The pristine bytes of
+every edited file are kept under <tree>/.memuse-kit/, so a re-run after a template change
+rewrites only what changed, and --revert is byte-exact even when the templates moved on since
+the tree was patched. The state is written before any file of the tree, and names both the
+old and the new content of every file in flight, so a run killed at any instant leaves a tree
+that the next run can finish or revert.
 """
 
 from __future__ import annotations
@@ -13,30 +17,41 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from memuse_kit.core import atomic
 from memuse_kit.core.digest import sha256_bytes
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.safety import TMP_PREFIX, check_replaceable, describe_os_error, is_regular_file
+from memuse_kit.patching import probes, spec
 from memuse_kit.patching import syscall_tables as tables
-from memuse_kit.patching.probes import TreeFacts, probe_tree
+from memuse_kit.patching.probes import TreeFacts
+from memuse_kit.patching.spec import SyscallSpec
 from memuse_kit.patching.targets import (
+    LEGACY_BODY,
     TARGETS,
+    Placed,
     RenderContext,
-    Target,
     apply_splices,
-    existing_memuse,
+    existing_syscall,
+    source_path,
 )
+from memuse_kit.patching.templates import variables_used
 from memuse_kit.trees.kernel_version import KernelVersion, read_tree_version
 
 STATE_DIR = ".memuse-kit"
 STATE_FILE = "state.json"
+STATE_VERSION = 2
 ORIGINALS = "original"
 STATE_LIMIT = 1 << 20  # bytes of state.json read at most
+# state.json before syscalls had names held one number, memuse's
+LEGACY_SYSCALL = "memuse"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SOURCE = re.compile(r"^kernel/[a-z_][a-z0-9_]*\.c$")
 # what write_atomic named its temporary files before they carried TMP_PREFIX
 _OLD_TMP = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+Content = Optional[bytes]  # a file's bytes, None when it does not exist
 
 
 def _text(data: bytes) -> str:
@@ -47,29 +62,50 @@ def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _sha(data: Content) -> Optional[str]:
+    return None if data is None else sha256_bytes(data)
+
+
 @dataclass(frozen=True)
 class FilePlan:
     path: str
-    original: bytes
-    current: bytes
-    patched: bytes
+    original: Content  # before memuse-kit (None: a file it creates)
+    current: Content
+    patched: Content  # what the plan wants (None: the file goes)
 
     @property
     def needs_write(self) -> bool:
         return self.current != self.patched
+
+    @property
+    def edited(self) -> bool:
+        """Whether the patched tree differs from the pristine one in this file."""
+        return self.original != self.patched
 
 
 @dataclass(frozen=True)
 class PatchPlan:
     tree: Path
     kernel: KernelVersion
-    nr: int
+    syscalls: Tuple[Placed, ...]  # in the order of their numbers
     files: List[FilePlan]
-    facts: TreeFacts
+    facts: Optional[TreeFacts]
 
     @property
     def changed(self) -> List[FilePlan]:
         return [f for f in self.files if f.needs_write]
+
+    @property
+    def numbers(self) -> Dict[str, int]:
+        return {placed.name: placed.nr for placed in self.syscalls}
+
+
+def describe_numbers(numbers: Mapping[str, int]) -> str:
+    """memuse = syscall 472, fdcount = syscall 473"""
+    return ", ".join(f"{name} = syscall {nr}" for name, nr in numbers.items())
+
+
+# --- the state kept in the tree -------------------------------------------------------------
 
 
 def _damaged(tree: Path, why: str) -> KitError:
@@ -80,25 +116,68 @@ def _damaged(tree: Path, why: str) -> KitError:
     )
 
 
+def known_path(rel: str) -> bool:
+    """A file memuse-kit may have edited or created."""
+    fixed = {target.path for target in TARGETS} | {LEGACY_BODY}
+    return rel in fixed or _SOURCE.match(rel) is not None
+
+
+def _migrated(data: object) -> object:
+    """A state.json of the first version (no "version": memuse alone, its number as "nr")
+    in today's shape."""
+    if not isinstance(data, dict) or "version" in data:
+        return data
+    migrated = {key: value for key, value in data.items() if key != "nr"}
+    migrated["version"] = STATE_VERSION
+    if "nr" in data:
+        migrated["syscalls"] = {LEGACY_SYSCALL: data["nr"]}
+    return migrated
+
+
+def _valid_number(nr: object) -> bool:
+    return isinstance(nr, int) and not isinstance(nr, bool) and nr >= 0
+
+
+def _valid_sha(value: object, may_be_absent: bool) -> bool:
+    if value is None:
+        return may_be_absent
+    return isinstance(value, str) and _SHA256.match(value) is not None
+
+
+def _valid_file_record(rel: str, record: object) -> bool:
+    """Both sums (None: the file does not exist, for the files memuse-kit creates only)."""
+    if not isinstance(record, dict):
+        return False
+    created = _SOURCE.match(rel) is not None and rel != LEGACY_BODY
+    return (
+        "original_sha256" in record
+        and "patched_sha256" in record
+        and _valid_sha(record["original_sha256"], created)
+        and _valid_sha(record["patched_sha256"], created)
+        and _valid_sha(record.get("previous_sha256"), True)
+    )
+
+
 def _valid_record(data: object) -> Optional[str]:
     """Why a state.json document is unusable, or None when it is fine."""
     if not isinstance(data, dict):
         return "state.json is not a JSON object"
+    if data.get("version") != STATE_VERSION:
+        return f"state.json has version {data.get('version')!r}, not {STATE_VERSION}"
     files = data.get("files")
     if not isinstance(files, dict) or not files:
         return "state.json lists no files"
-    known = {target.path for target in TARGETS}
     for rel, record in files.items():
-        if rel not in known:
+        if not known_path(rel):
             return f"state.json names {rel!r}, not a file memuse-kit edits"
-        if not isinstance(record, dict) or not all(
-            isinstance(record.get(key), str) and _SHA256.match(record[key])
-            for key in ("original_sha256", "patched_sha256")
-        ):
+        if not _valid_file_record(rel, record):
             return f"state.json's record of {rel} lacks its sha256 sums"
-    nr = data.get("nr")
-    if not isinstance(nr, int) or isinstance(nr, bool) or nr < 0:
+    syscalls = data.get("syscalls")
+    if not isinstance(syscalls, dict) or not syscalls:
         return "state.json has no syscall number"
+    for name, nr in syscalls.items():
+        if spec.identifier_problem(name) or not _valid_number(nr):
+            return "state.json has no syscall number"
     if not isinstance(data.get("kernel"), str):
         return "state.json has no kernel version"
     return None
@@ -125,18 +204,18 @@ class TreeState:
         with path.open("rb") as handle:
             raw = handle.read(STATE_LIMIT + 1)
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = _migrated(json.loads(raw.decode("utf-8")))
         except ValueError:
             raise _damaged(self.tree, f"{STATE_FILE} is not valid JSON") from None
         why = _valid_record(data)
         if why is not None:
             raise _damaged(self.tree, why)
-        return data  # type: ignore[no-any-return]
+        return data  # type: ignore[return-value]
 
     def saved(self) -> Optional[bytes]:
         """The state file's bytes, to put back if a run must be undone (None: no state)."""
         path = self.root / STATE_FILE
-        return path.read_bytes() if self.exists else None
+        return path.read_bytes() if os.path.lexists(path) else None
 
     def restore(self, saved: Optional[bytes]) -> None:
         if saved is None:
@@ -151,19 +230,33 @@ class TreeState:
     def files(self) -> Dict[str, dict]:
         return self.data.get("files", {})
 
+    def syscalls(self) -> Dict[str, int]:
+        """The syscalls the tree holds, {name: number}, in the order of their numbers."""
+        found = self.data.get("syscalls", {})
+        return dict(sorted(found.items(), key=lambda item: item[1]))
+
     def backup_path(self, rel: str) -> Path:
         return self.root / ORIGINALS / rel
 
-    def pristine(self, rel: str, current: bytes) -> bytes:
-        """The file as it was before memuse-kit, given its current bytes."""
+    def pristine(self, rel: str, current: Content) -> Content:
+        """The file as it was before memuse-kit (None: it did not exist), given its bytes now."""
         record = self.files().get(rel)
-        if record is None or sha256_bytes(current) == record["original_sha256"]:
+        found = _sha(current)
+        if record is None or found == record["original_sha256"]:
             return current
-        if sha256_bytes(current) != record["patched_sha256"]:
+        if found not in (record["patched_sha256"], record.get("previous_sha256")):
+            if current is None:
+                raise KitError(
+                    f"{self.tree / rel} is gone; cannot revert a tree that lost a file "
+                    f"memuse-kit edited: restore it from the source package or git, then "
+                    f"delete {self.root}"
+                )
             raise KitError(
                 f"{self.tree / rel} changed since memuse-kit patched it; "
                 "restore it (or the whole tree) before patching or reverting"
             )
+        if record["original_sha256"] is None:
+            return None
         backup = self.backup_path(rel)
         data = backup.read_bytes() if is_regular_file(backup) else b""
         if sha256_bytes(data) != record["original_sha256"]:
@@ -173,24 +266,45 @@ class TreeState:
             )
         return data
 
-    def save(self, plan: PatchPlan) -> None:
-        for file in plan.files:
-            backup = self.backup_path(file.path)
-            backup.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_if_changed(backup, file.original)
-        record = {
+    def save(self, plan: PatchPlan, in_flight: bool) -> None:
+        """Record the plan; in_flight also names what each file to be written holds now."""
+        kept = [f for f in plan.files if f.edited or (in_flight and f.needs_write)]
+        for file in kept:
+            if file.original is not None:
+                backup = self.backup_path(file.path)
+                backup.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_if_changed(backup, file.original)
+        files = {}
+        for file in kept:
+            record = {
+                "original_sha256": _sha(file.original),
+                "patched_sha256": _sha(file.patched),
+            }
+            if in_flight and file.needs_write:
+                record["previous_sha256"] = _sha(file.current)
+            files[file.path] = record
+        document = {
+            "version": STATE_VERSION,
             "kernel": str(plan.kernel),
-            "nr": plan.nr,
-            "files": {
-                f.path: {
-                    "original_sha256": sha256_bytes(f.original),
-                    "patched_sha256": sha256_bytes(f.patched),
-                }
-                for f in plan.files
-            },
+            "syscalls": plan.numbers,
+            "files": files,
         }
-        self.data = record
-        atomic.write_if_changed(self.root / STATE_FILE, _bytes(json.dumps(record, indent=2) + "\n"))
+        self.data = document
+        atomic.write_if_changed(
+            self.root / STATE_FILE, _bytes(json.dumps(document, indent=2) + "\n")
+        )
+
+    def drop_unused_backups(self) -> None:
+        """Pristine copies of files the state no longer records (a syscall reverted alone)."""
+        originals = self.root / ORIGINALS
+        if not originals.is_dir():
+            return
+        for copy in sorted(originals.rglob("*"), reverse=True):
+            rel = str(copy.relative_to(originals))
+            if copy.is_file() and rel not in self.files():
+                copy.unlink()
+            elif copy.is_dir() and not any(copy.iterdir()):
+                copy.rmdir()
 
     def check_writable(self) -> None:
         if os.path.lexists(self.root):
@@ -210,6 +324,9 @@ class TreeState:
         self.data = {}
 
 
+# --- reading the tree -----------------------------------------------------------------------
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -217,12 +334,22 @@ def _read(path: Path) -> bytes:
         raise KitError(f"cannot read {describe_os_error(error)}") from None
 
 
+def _read_optional(tree: Path, rel: str) -> Content:
+    path = tree / rel
+    if path.is_symlink() or (os.path.lexists(path) and not path.is_file()):
+        raise KitError(
+            f"{path} is not a regular file: memuse-kit edits regular files only; "
+            "replace it with a copy of what it points to"
+        )
+    return _read(path) if path.is_file() else None
+
+
 def clean_leftovers(tree: Path) -> List[Path]:
     """Remove what a killed patch or revert left behind: temporary files, a forgotten state
     directory, pristine copies without a state file. Returns what was removed."""
     removed: List[Path] = []
-    names = {Path(target.path).name for target in TARGETS} | {STATE_FILE}
-    directories = {tree} | {(tree / target.path).parent for target in TARGETS}
+    names = {Path(target.path).name for target in TARGETS} | {STATE_FILE, Path(LEGACY_BODY).name}
+    directories = {tree, tree / "kernel"} | {(tree / target.path).parent for target in TARGETS}
     state = tree / STATE_DIR
     if state.is_dir() and not state.is_symlink():
         directories |= {Path(top) for top, _, _ in os.walk(state)}
@@ -262,7 +389,8 @@ def _orphan_state(tree: Path) -> bool:
     return True
 
 
-def _present_targets(tree: Path) -> List[Target]:
+def _present_targets(tree: Path) -> List[str]:
+    """The paths of the fixed targets the tree has; a missing required one is refused."""
     present = []
     for target in TARGETS:
         path = tree / target.path
@@ -272,37 +400,27 @@ def _present_targets(tree: Path) -> List[Target]:
                 "replace it with a copy of what it points to"
             )
         if path.is_file():
-            present.append(target)
+            present.append(target.path)
         elif target.required:
-            raise KitError(f"{tree} lacks {target.path}, which memuse must edit")
+            raise KitError(f"{tree} lacks {target.path}, which every syscall must edit")
     return present
 
 
-def _check_no_foreign_memuse(tree: Path, pristine: Dict[str, bytes]) -> None:
-    for rel, data in pristine.items():
-        line = existing_memuse(rel, _text(data))
-        if line is not None:
+def _check_no_clash(tree: Path, pristine: Mapping[str, Content], names: Sequence[str]) -> None:
+    """None of names is a syscall the tree has of its own (memuse-kit did not add it)."""
+    for name in names:
+        if pristine.get(source_path(name)) is not None:
             raise KitError(
-                f"{tree / rel}:{line} already has a memuse syscall that memuse-kit did not add; "
-                "remove it (e.g. patch -R -p1) first"
+                f"{tree / source_path(name)} already exists: a syscall named {name} would "
+                "need that file; choose another name"
             )
-
-
-def render_edits(
-    pristine: Dict[str, str], kernel: KernelVersion, nr: int, facts: TreeFacts
-) -> Dict[str, str]:
-    """The patched text of every target file present in pristine (path -> text)."""
-    ctx = RenderContext(nr=nr, kernel=kernel, facts=facts)
-    patched = {}
-    for target in TARGETS:
-        if target.path not in pristine:
-            continue
-        text = pristine[target.path]
-        try:
-            patched[target.path] = apply_splices(text, target.locate(text, ctx))
-        except KitError as error:
-            raise KitError(f"{target.path}: {error}") from None
-    return patched
+        for rel, data in pristine.items():
+            line = None if data is None else existing_syscall(rel, _text(data), name)
+            if line is not None:
+                raise KitError(
+                    f"{tree / rel}:{line} already has a {name} syscall that memuse-kit did not "
+                    "add; remove it (e.g. patch -R -p1) first, or choose another name"
+                )
 
 
 @dataclass(frozen=True)
@@ -331,28 +449,174 @@ class LineStyle:
         return text.replace("\n", "\r\n") if self.crlf else text
 
 
-def plan_patch(tree: Path) -> PatchPlan:
-    """Everything a patch run would write, computed without writing anything."""
+# --- planning -------------------------------------------------------------------------------
+
+
+def uses_tree_facts(syscall: SyscallSpec) -> bool:
+    """Whether the syscall's body reads facts.* (only then is the tree's mm code probed)."""
+    return "facts" in variables_used(syscall.root, syscall.impl_template)
+
+
+def check_requirements(tree: Path, specs: Sequence[SyscallSpec]) -> None:
+    read = probes.tree_reader(tree)
+    for syscall in specs:
+        missing = probes.missing_requirements(read, syscall.requires)
+        if missing:
+            raise KitError(
+                f"{tree} lacks {', '.join(missing)}(), which {syscall.name} needs: "
+                f"{syscall.name} supports Linux {syscall.min_kernel} and later; use a newer "
+                "kernel tree"
+            )
+
+
+def declared_probes(tree: Path, syscall: SyscallSpec) -> Dict[str, bool]:
+    read = probes.tree_reader(tree)
+    return {p.name: probes.declared_probe(read, p.file, p.kind, p.value) for p in syscall.probes}
+
+
+def assign_numbers(
+    pristine_text: Mapping[str, str], kept: Mapping[str, int], added: Sequence[str]
+) -> Dict[str, int]:
+    """The numbers of kept syscalls stay; added ones get the next free numbers, in turn."""
+    numbers = dict(kept)
+    following = max([tables.choose_number(pristine_text), *(nr + 1 for nr in kept.values())])
+    for offset, name in enumerate(added):
+        numbers[name] = following + offset
+    return numbers
+
+
+def render_edits(
+    pristine: Mapping[str, Optional[str]],
+    kernel: KernelVersion,
+    syscalls: Sequence[Placed],
+    facts: Optional[TreeFacts],
+) -> Dict[str, Optional[str]]:
+    """The patched text of every file in pristine, and each syscall's kernel/<name>.c.
+
+    None stands for a file that does not exist (before) or must not (after).
+    """
+    ctx = RenderContext(kernel=kernel, syscalls=tuple(syscalls), facts=facts)
+    patched: Dict[str, Optional[str]] = {}
+    for target in TARGETS:
+        text = pristine.get(target.path)
+        if text is None:
+            continue
+        try:
+            patched[target.path] = apply_splices(text, target.locate(text, ctx))
+        except KitError as error:
+            raise KitError(f"{target.path}: {error}") from None
+    for placed in syscalls:
+        patched[source_path(placed.name)] = ctx.source(placed)
+    for rel, text in pristine.items():
+        patched.setdefault(rel, text)  # a file no syscall of the set edits goes back as it was
+    return patched
+
+
+def probe_results(tree: Path, names: Sequence[str]) -> Dict[str, object]:
+    """What decided the code of these syscalls in tree: the tree's facts their bodies read,
+    and each one's own probes as "name.probe" (for the build record)."""
+    specs = spec.load_specs(names)
+    results: Dict[str, object] = {}
+    if any(uses_tree_facts(s) for s in specs):
+        results.update(probes.probe_tree(tree).as_dict())
+    for syscall in specs:
+        for probe, value in declared_probes(tree, syscall).items():
+            results[f"{syscall.name}.{probe}"] = value
+    return results
+
+
+def plan_patch(tree: Path, add: Sequence[str] = ()) -> PatchPlan:
+    """The tree with the syscalls `add` joined to those it has, computed without writing.
+
+    With nothing to add, the syscalls it has (re-rendered), or the default for a tree that
+    has none.
+    """
+    recorded = TreeState(tree).syscalls()
+    if not add and not recorded:
+        add = spec.DEFAULT_SYSCALLS
+    wanted = [*recorded, *(name for name in dict.fromkeys(add) if name not in recorded)]
+    return _plan(tree, wanted)
+
+
+def plan_without(tree: Path, drop: Sequence[str]) -> PatchPlan:
+    """The tree with the syscalls `drop` taken out and the others left as they are."""
+    recorded = TreeState(tree).syscalls()
+    return _plan(tree, [name for name in recorded if name not in drop])
+
+
+def plan_fresh(tree: Path, names: Sequence[str]) -> PatchPlan:
+    """What the pristine tree would get with the syscalls names (numbered in that order),
+    whatever the tree holds now: the shipped patches. Not for apply_plan."""
+    return _plan(tree, names, fresh=True)
+
+
+@dataclass(frozen=True)
+class _Pristine:
+    """The files a plan reads: as they are now, as they were before memuse-kit, and that
+    pristine text with LF endings (the edits are made in LF, then given each file's style)."""
+
+    current: Dict[str, Content]
+    original: Dict[str, Content]
+    text: Dict[str, Optional[str]]
+    styles: Dict[str, LineStyle]
+
+    @classmethod
+    def read(cls, tree: Path, state: TreeState, paths: Sequence[str]) -> _Pristine:
+        current = {rel: _read_optional(tree, rel) for rel in paths}
+        original = {rel: state.pristine(rel, data) for rel, data in current.items()}
+        styles = {
+            rel: LineStyle.of(str(tree / rel), _text(data))
+            for rel, data in original.items()
+            if data is not None
+        }
+        text = {
+            rel: None if data is None else styles[rel].normalized(_text(data))
+            for rel, data in original.items()
+        }
+        return cls(current, original, text, styles)
+
+    def present(self) -> Dict[str, str]:
+        return {rel: text for rel, text in self.text.items() if text is not None}
+
+
+def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
     kernel = read_tree_version(tree)
-    facts = probe_tree(tree)
+    specs = spec.load_specs(wanted)
     state = TreeState(tree)
-    targets = _present_targets(tree)
-    current = {t.path: _read(tree / t.path) for t in targets}
-    pristine = {rel: state.pristine(rel, data) for rel, data in current.items()}
-    _check_no_foreign_memuse(tree, pristine)
-    styles = {rel: LineStyle.of(str(tree / rel), _text(data)) for rel, data in pristine.items()}
-    pristine_text = {rel: styles[rel].normalized(_text(data)) for rel, data in pristine.items()}
-    nr = tables.choose_number(pristine_text)
+    recorded = {} if fresh else state.syscalls()
+    paths = _present_targets(tree) + [source_path(s.name) for s in specs]
+    paths += [rel for rel in state.files() if rel not in paths]
+    files = _Pristine.read(tree, state, paths)
+    added = [name for name in wanted if name not in recorded]
+    _check_no_clash(tree, files.original, added)
+    check_requirements(tree, specs)
+    kept = {name: nr for name, nr in recorded.items() if name in wanted}
+    numbers = assign_numbers(files.present(), kept, added)
+    placed = sorted(
+        (Placed(s, numbers[s.name], declared_probes(tree, s)) for s in specs),
+        key=lambda p: p.nr,
+    )
+    facts = probes.probe_tree(tree) if any(uses_tree_facts(s) for s in specs) else None
     try:
-        rendered = render_edits(pristine_text, kernel, nr, facts)
+        rendered = render_edits(files.text, kernel, placed, facts)
     except KitError as error:
         raise KitError(f"{tree}/{error}") from None
-    patched = {rel: styles[rel].restyled(text) for rel, text in rendered.items()}
-    files = [
-        FilePlan(t.path, pristine[t.path], current[t.path], _bytes(patched[t.path]))
-        for t in targets
+    plans = [
+        FilePlan(
+            rel, files.original[rel], files.current[rel], _restyle(files.styles.get(rel), text)
+        )
+        for rel, text in sorted(rendered.items())
     ]
-    return PatchPlan(tree, kernel, nr, files, facts)
+    return PatchPlan(tree, kernel, tuple(placed), plans, facts)
+
+
+def _restyle(style: Optional[LineStyle], text: Optional[str]) -> Content:
+    if text is None:
+        return None
+    return _bytes(style.restyled(text) if style else text)
+
+
+# --- writing --------------------------------------------------------------------------------
 
 
 def check_can_write(tree: Path, paths: List[Path]) -> None:
@@ -373,12 +637,14 @@ def apply_plan(plan: PatchPlan) -> List[str]:
     if contents or not state.exists:  # an unchanged, patched tree may well be read-only
         check_can_write(plan.tree, list(contents))
     saved = state.saved()
-    state.save(plan)
+    state.save(plan, in_flight=True)
     try:
         atomic.write_all_or_nothing(contents)
     except BaseException:
         state.restore(saved)
         raise
+    state.save(plan, in_flight=False)
+    state.drop_unused_backups()
     return [f.path for f in plan.changed]
 
 
@@ -392,10 +658,11 @@ def undo_apply(plan: PatchPlan, saved: Optional[bytes]) -> None:
 class RevertResult:
     restored: List[str]
     was_patched: bool
+    remaining: Dict[str, int]  # the syscalls the tree still has
 
 
-def revert(tree: Path) -> RevertResult:
-    """Put every file memuse-kit edited back byte for byte, then forget the tree.
+def revert(tree: Path, names: Sequence[str] = ()) -> RevertResult:
+    """Take the syscalls `names` out of the tree (none given: all of them, and forget the tree).
 
     A killed run's leftovers are removed first; nothing is written until every file to
     restore has been read, checked against its record and found replaceable.
@@ -403,35 +670,51 @@ def revert(tree: Path) -> RevertResult:
     read_tree_version(tree)
     clean_leftovers(tree)
     state = TreeState(tree)
+    recorded = state.syscalls()
     if not state.exists:
-        _check_no_foreign_memuse(
-            tree, {t.path: _read(tree / t.path) for t in _present_targets(tree)}
-        )
-        return RevertResult([], False)
-    contents: Dict[Path, bytes] = {}
+        pristine = {rel: _read_optional(tree, rel) for rel in _present_targets(tree)}
+        _check_no_clash(tree, pristine, names or spec.DEFAULT_SYSCALLS)
+        return RevertResult([], False, {})
+    if names and set(recorded) - set(names):
+        plan = plan_without(tree, names)
+        changed = apply_plan(plan)
+        return RevertResult(changed, True, plan.numbers)
+    return _revert_all(tree, state)
+
+
+def _revert_all(tree: Path, state: TreeState) -> RevertResult:
+    contents: Dict[Path, Content] = {}
     for rel in state.files():
-        path = tree / rel
-        if not is_regular_file(path):
-            raise KitError(
-                f"{path} is gone; cannot revert a tree that lost a file memuse-kit edited: "
-                f"restore it from the source package or git, then delete {state.root}"
-            )
-        contents[path] = state.pristine(rel, _read(path))
-    changed_paths = [path for path, data in contents.items() if _read(path) != data]
+        contents[tree / rel] = state.pristine(rel, _read_optional(tree, rel))
+    changed_paths = [path for path, data in contents.items() if _current(path) != data]
     check_can_write(tree, changed_paths)
     check_replaceable(state.root, "memuse-kit's state")
     changed = atomic.write_all_or_nothing(contents)
     state.remove()
-    return RevertResult([str(p.relative_to(tree)) for p in changed], True)
+    return RevertResult([str(p.relative_to(tree)) for p in changed], True, {})
 
 
-def recorded_number(tree: Path) -> Optional[int]:
-    """The syscall number the tree was patched with, or None if it is not patched."""
+def files_to_restore(tree: Path) -> List[str]:
+    """What a revert of every syscall would write (nothing is written)."""
     state = TreeState(tree)
-    return state.data.get("nr") if state.exists else None
+    restore = []
+    for rel in state.files():
+        current = _read_optional(tree, rel)
+        if state.pristine(rel, current) != current:
+            restore.append(rel)
+    return restore
+
+
+def _current(path: Path) -> Content:
+    return path.read_bytes() if is_regular_file(path) else None
+
+
+def recorded_syscalls(tree: Path) -> Dict[str, int]:
+    """The syscalls the tree was patched with, {name: number}; {} when it is not patched."""
+    return TreeState(tree).syscalls()
 
 
 def patched_at(tree: Path) -> Optional[float]:
-    """When the memuse edits of the tree last changed (the state file's mtime), or None."""
+    """When the kit's edits of the tree last changed (the state file's mtime), or None."""
     state = tree / STATE_DIR / STATE_FILE
     return state.stat().st_mtime if state.is_file() else None

@@ -1,8 +1,13 @@
-"""Facts read from a kernel tree's own sources, which decide the code memuse gets there.
+"""Facts read from a kernel tree's own sources, which decide the code a syscall gets there.
 
 Stable and distribution kernels backport changes, so a version number says little about
-what a tree's smaps does. Each probe is a pure function of the text of one or two files of
-the tree; none of those files is one memuse-kit edits, so a patched tree probes the same.
+what a tree does. Each probe is a pure function of the text of one or two files of the tree;
+none of those files is one memuse-kit edits, so a patched tree probes the same.
+
+TreeFacts are what the mm code of a tree does (how its smaps counts, which page-table helpers
+it has): a syscall body reads them as facts.*. A syscall spec can also declare yes/no probes
+of its own (whether a file defines a function, or holds some text), read as probes.*, and the
+functions it requires (declared_probes, missing_requirements).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from memuse_kit.core.errors import KitError
 
@@ -34,13 +39,6 @@ PROBED_FILES = (
     FORK_C,
     HUGE_MEMORY_C,
 )
-# What the templates need from every tree; older trees are refused in one line.
-OLDEST_SUPPORTED = "5.10"
-REQUIRED_APIS = {
-    MMAP_LOCK_H: ("mmap_read_lock_killable", "mmap_lock_is_contended"),
-    PGTABLE_H: ("ptep_get",),
-}
-
 # How smaps decides that a non-present entry still names a resident page.
 NONPRESENT_RULES = (
     "softleaf_has_pfn",
@@ -232,23 +230,23 @@ def smaps_rollup_drops_lock(task_mmu_c: str) -> bool:
     return "mmap_lock_is_contended(" in body
 
 
-def missing_apis(read: Reader) -> List[str]:
+def missing_requirements(read: Reader, requires: Sequence[Tuple[str, Sequence[str]]]) -> List[str]:
+    """The functions (or macros) of a spec's requires that the tree's files lack."""
     return [
-        name
-        for path, names in REQUIRED_APIS.items()
-        for name in names
-        if not _has_function(read(path), name)
+        name for path, names in requires for name in names if not _has_function(read(path), name)
     ]
+
+
+def declared_probe(read: Reader, file: str, kind: str, value: str) -> bool:
+    """A spec's yes/no probe: file defines the C function `value`, or holds the text `value`."""
+    text = read(file)
+    if kind == "defines":
+        return c_function(text, value) is not None
+    return value in text
 
 
 def probe(read: Reader) -> TreeFacts:
     """Every fact, from a reader that gives a tree file's text ('' when the file is absent)."""
-    missing = missing_apis(read)
-    if missing:
-        raise KitError(
-            f"this tree lacks {', '.join(missing)}(): memuse-kit supports Linux "
-            f"{OLDEST_SUPPORTED} and later; use a newer kernel tree"
-        )
     mm_h, task_mmu_c = read(MM_H), read(TASK_MMU_C)
     return TreeFacts(
         heap_helper=has_initial_heap_helper(mm_h),
@@ -269,14 +267,20 @@ def probe(read: Reader) -> TreeFacts:
     )
 
 
-def probe_tree(tree: Path) -> TreeFacts:
+def tree_reader(tree: Path) -> Reader:
+    """A Reader of tree's files: a file's text, '' when the tree has no such file."""
+
     def read(rel: str) -> str:
         path = tree / rel
         try:
             return path.read_text(encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return ""
         except OSError as error:
             raise KitError(f"cannot read {path}: {error.strerror}") from None
 
-    return probe(read)
+    return read
+
+
+def probe_tree(tree: Path) -> TreeFacts:
+    return probe(tree_reader(tree))

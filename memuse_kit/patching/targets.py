@@ -1,20 +1,35 @@
-"""Which files the memuse syscall touches, where, and with which template: data plus locators.
+"""Which files a set of syscalls touches, where, and with which template: data plus locators.
 
 Every locator reads the pristine text of one file and returns splices (offset ranges with
-their rendered replacement). Nothing here writes files.
+their rendered replacement) for all the syscalls at once, in the order of their numbers.
+Each syscall's body is a file of its own, kernel/<name>.c, so the edits of two syscalls never
+share a line. Nothing here writes files.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from memuse_kit.core.errors import KitError
 from memuse_kit.patching import syscall_tables as tables
 from memuse_kit.patching.probes import TreeFacts
-from memuse_kit.patching.templates import TAB, render
+from memuse_kit.patching.spec import SyscallSpec
+from memuse_kit.patching.templates import TAB, render, render_from
 from memuse_kit.trees.kernel_version import KernelVersion
+
+SYSCALLS_H = "include/linux/syscalls.h"
+KERNEL_MAKEFILE = "kernel/Makefile"
+MAINTAINERS = "MAINTAINERS"
+# where memuse's body went before each syscall had a file of its own (trees patched then)
+LEGACY_BODY = "kernel/sys.c"
+ALWAYS_INCLUDED = "linux/syscalls.h"  # SYSCALL_DEFINEn
+
+
+def source_path(name: str) -> str:
+    """The file that holds a syscall's body."""
+    return f"kernel/{name}.c"
 
 
 @dataclass(frozen=True)
@@ -25,15 +40,42 @@ class Splice:
 
 
 @dataclass(frozen=True)
-class RenderContext:
-    nr: int
-    kernel: KernelVersion
-    facts: TreeFacts
+class Placed:
+    """A syscall as it goes into one tree: its spec, its number, its probes' answers there."""
 
-    def render(self, template: str, **extra: object) -> str:
-        return render(
-            f"kernel/{template}", nr=self.nr, kernel=self.kernel, facts=self.facts, **extra
-        )
+    spec: SyscallSpec
+    nr: int
+    probes: Dict[str, bool]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    kernel: KernelVersion
+    syscalls: Tuple[Placed, ...]  # in the order of their numbers
+    facts: Optional[TreeFacts]  # None when no body reads facts.*
+
+    def render(self, template: str, placed: Optional[Placed] = None, **extra: object) -> str:
+        return render(f"kernel/{template}", **self._values(placed), **extra)
+
+    def _values(self, placed: Optional[Placed]) -> Dict[str, object]:
+        values: Dict[str, object] = {"kernel": self.kernel, "facts": self.facts}
+        if placed is not None:
+            values.update(name=placed.name, nr=placed.nr, spec=placed.spec, probes=placed.probes)
+        return values
+
+    def in_abi(self, abi: str) -> List[Placed]:
+        return [placed for placed in self.syscalls if placed.spec.goes_in(abi)]
+
+    def source(self, placed: Placed) -> str:
+        """The whole of kernel/<name>.c: the license line, the headers, the body."""
+        spec = placed.spec
+        body = render_from(spec.root, spec.impl_template, **self._values(placed))
+        headers = sorted({ALWAYS_INCLUDED, *spec.headers})
+        return self.render("source.c.j2", placed, headers=headers, body=body)
 
 
 Locator = Callable[[str, RenderContext], List[Splice]]
@@ -77,30 +119,41 @@ def _entry_point_column(line: str) -> int:
     return column
 
 
-def after_last_entry(template: str, below: Optional[int] = None) -> Locator:
+def after_last_entry(template: str, abi: str, below: Optional[int] = None) -> Locator:
+    """One table line per syscall of the ABI, after the table's last numbered entry."""
+
     def locate(text: str, ctx: RenderContext) -> List[Splice]:
+        placed = ctx.in_abi(abi)
+        if not placed:
+            return []
         last = tables.last_entry(text, below)
         if last is None:
             raise KitError("no numbered entries to add after")
         offset = _line_end_offset(text, last.line_index)
-        line = ctx.render(template, entry_column=_entry_point_column(last.line))
-        return [Splice(offset, offset, line)]
+        column = _entry_point_column(last.line)
+        lines = "".join(ctx.render(template, p, entry_column=column) for p in placed)
+        return [Splice(offset, offset, lines)]
 
     return locate
 
 
 _UNDEF_NR_SYSCALLS = re.compile(r"^#undef __NR_syscalls\n", re.MULTILINE)
-_DEFINE_NR_SYSCALLS = re.compile(r"^#define __NR_syscalls.*\n", re.MULTILINE)
+_DEFINE_NR_SYSCALLS = re.compile(r"^#define __NR_syscalls\s+\(?(\d+)\)?[ \t]*\n", re.MULTILINE)
 
 
 def generic_unistd(text: str, ctx: RenderContext) -> List[Splice]:
+    placed = ctx.in_abi("generic")
+    if not placed:
+        return []
     undef = _UNDEF_NR_SYSCALLS.search(text)
     define = _DEFINE_NR_SYSCALLS.search(text)
     if not undef or not define:
         raise KitError("anchor '#undef __NR_syscalls' / '#define __NR_syscalls' not found")
+    entries = "".join(ctx.render("unistd.h.j2", p) for p in placed)
+    total = max(int(define.group(1)), 1 + max(p.nr for p in placed))
     return [
-        Splice(undef.start(), undef.start(), ctx.render("unistd.h.j2")),
-        Splice(define.start(), define.end(), ctx.render("unistd_nr_syscalls.h.j2")),
+        Splice(undef.start(), undef.start(), entries),
+        Splice(define.start(), define.end(), ctx.render("unistd_nr_syscalls.h.j2", total=total)),
     ]
 
 
@@ -108,57 +161,109 @@ _ARCH_SPECIFIC = re.compile(r"\n\n/\*\n \* Architecture-specific system calls\n"
 
 
 def syscalls_prototype(text: str, ctx: RenderContext) -> List[Splice]:
+    """The prototypes, at the end of the generic block of include/linux/syscalls.h."""
+    if not ctx.syscalls:
+        return []
     anchor = _ARCH_SPECIFIC.search(text)
     if not anchor:
         raise KitError("anchor comment ' * Architecture-specific system calls' not found")
     offset = anchor.start() + 1
-    return [Splice(offset, offset, ctx.render("syscalls.h.j2"))]
+    lines = "".join(ctx.render("syscalls.h.j2", p) for p in ctx.syscalls)
+    return [Splice(offset, offset, lines)]
 
 
-_LINUX_INCLUDE = re.compile(r"^#include <linux/[^>]+>\n", re.MULTILINE)
-NEEDED_HEADERS = ("linux/hugetlb.h", "linux/pagewalk.h")
+_FIRST_CONFIG_OBJ = re.compile(r"^obj-\$\(CONFIG_\w+\)", re.MULTILINE)
 
 
-def needed_headers(facts: TreeFacts) -> Tuple[str, ...]:
-    return (*NEEDED_HEADERS, facts.swap_header)
+def kernel_makefile(text: str, ctx: RenderContext) -> List[Splice]:
+    """obj-y += <name>.o, after the unconditional objects, before the first obj-$(CONFIG_...)."""
+    if not ctx.syscalls:
+        return []
+    anchor = _FIRST_CONFIG_OBJ.search(text)
+    if not anchor:
+        raise KitError("no 'obj-$(CONFIG_...)' line to add 'obj-y += NAME.o' before")
+    lines = "".join(ctx.render("makefile.j2", p) for p in ctx.syscalls)
+    return [Splice(anchor.start(), anchor.start(), lines)]
 
 
-def sys_c(text: str, ctx: RenderContext) -> List[Splice]:
-    includes = list(_LINUX_INCLUDE.finditer(text))
-    if not includes:
-        raise KitError("no '#include <linux/...>' lines to add the headers after")
-    missing = [h for h in needed_headers(ctx.facts) if f"#include <{h}>" not in text]
-    splices = [Splice(len(text), len(text), ctx.render("memuse.c.j2"))]
-    if missing:
-        offset = includes[-1].end()
-        splices.append(Splice(offset, offset, ctx.render("includes.c.j2", headers=missing)))
-    return splices
+_ENTRY = re.compile(r"^[A-Z]:\t")
+
+
+def _is_title(line: str, following: str) -> bool:
+    """A section title: a line that is no entry, followed by an entry (`M:\\t...`)."""
+    starts_text = line.strip() != "" and not line[0].isspace()
+    return starts_text and not _ENTRY.match(line) and _ENTRY.match(following) is not None
+
+
+def _section_titles(text: str) -> List[Tuple[int, str]]:
+    """(offset, title) of each MAINTAINERS section."""
+    titles, offset = [], 0
+    lines = text.splitlines(keepends=True)
+    for line, following in zip(lines, lines[1:]):
+        if _is_title(line, following):
+            titles.append((offset, line.rstrip("\n")))
+        offset += len(line)
+    return titles
+
+
+def _insertion_offset(titles: List[Tuple[int, str]], ours: str, end: int) -> int:
+    """Where a section titled ours goes: before the title that leaves the fewest titles on
+    the wrong side of it. MAINTAINERS is sorted but for a few sections out of place (LPC32XX
+    among the ARM ones), which "before the first greater title" would follow."""
+    keys = [title.upper() for _, title in titles]
+    greater_before, less_after = 0, sum(1 for key in keys if key < ours)
+    best_cost, best = len(keys) + 1, len(keys)
+    for index, key in enumerate([*keys, None]):
+        if greater_before + less_after < best_cost:
+            best_cost, best = greater_before + less_after, index
+        if key is not None:
+            greater_before += key > ours
+            less_after -= key < ours
+    return titles[best][0] if best < len(titles) else end
+
+
+def maintainers(text: str, ctx: RenderContext) -> List[Splice]:
+    """A section per syscall, in the file's alphabetical order: a new file needs one
+    (checkpatch asks for it), and the section says whom its reports go to."""
+    titles = _section_titles(text)
+    splices = []
+    for placed in ctx.syscalls:
+        entry = ctx.render("maintainers.j2", placed)
+        offset = _insertion_offset(titles, entry.split("\n", 1)[0].upper(), len(text))
+        splices.append(Splice(offset, offset, entry))
+    # two sections before the same title go in alphabetical order too (the sort is stable)
+    return sorted(splices, key=lambda splice: (splice.start, splice.text))
 
 
 TARGETS: Tuple[Target, ...] = (
-    Target(tables.X86_64_TABLE, True, after_last_entry("syscall_64.tbl.j2", tables.X32_FIRST)),
-    Target(tables.I386_TABLE, False, after_last_entry("syscall_32.tbl.j2")),
+    Target(MAINTAINERS, True, maintainers),
+    Target(
+        tables.X86_64_TABLE, True, after_last_entry("syscall_64.tbl.j2", "x86_64", tables.X32_FIRST)
+    ),
+    Target(tables.I386_TABLE, False, after_last_entry("syscall_32.tbl.j2", "i386")),
     Target(tables.GENERIC_UNISTD, False, generic_unistd),
-    Target(tables.GENERIC_TABLE, False, after_last_entry("syscall.tbl.j2")),
-    Target("include/linux/syscalls.h", True, syscalls_prototype),
-    Target("kernel/sys.c", True, sys_c),
+    Target(SYSCALLS_H, True, syscalls_prototype),
+    Target(KERNEL_MAKEFILE, True, kernel_makefile),
+    Target(tables.GENERIC_TABLE, False, after_last_entry("syscall.tbl.j2", "generic")),
 )
 
 TABLES = (tables.X86_64_TABLE, tables.I386_TABLE, tables.GENERIC_TABLE)
 
-# How an existing memuse shows itself in each file (checked on pristine text).
-_EXISTING_MEMUSE = {
-    "include/linux/syscalls.h": re.compile(r"\bsys_memuse\b"),
-    "kernel/sys.c": re.compile(r"SYSCALL_DEFINE\d\(\s*memuse\b"),
-    tables.GENERIC_UNISTD: re.compile(r"\b__NR_memuse\b"),
-}
+
+def _clash_patterns(name: str) -> Dict[str, re.Pattern[str]]:
+    escaped = re.escape(name)
+    return {
+        SYSCALLS_H: re.compile(rf"\bsys_{escaped}\s*\("),
+        tables.GENERIC_UNISTD: re.compile(rf"\b__NR_{escaped}\b"),
+        LEGACY_BODY: re.compile(rf"SYSCALL_DEFINE\d\(\s*{escaped}\b"),
+    }
 
 
-def existing_memuse(path: str, text: str) -> Optional[int]:
-    """1-based line number of a memuse already present in a pristine file, else None."""
+def existing_syscall(path: str, text: str, name: str) -> Optional[int]:
+    """1-based line number where a pristine file already has a syscall called name, or None."""
     if path in TABLES:
-        found = tables.entries_named(text, "memuse")
+        found = tables.entries_named(text, name)
         return found[0].line_index + 1 if found else None
-    pattern = _EXISTING_MEMUSE.get(path)
+    pattern = _clash_patterns(name).get(path)
     match = pattern.search(text) if pattern else None
     return text.count("\n", 0, match.start()) + 1 if match else None

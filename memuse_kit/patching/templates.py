@@ -1,12 +1,15 @@
-"""The Jinja environment that renders every kernel edit from memuse_kit/templates/."""
+"""The Jinja environments that render every kernel edit: memuse_kit/templates/ and the folders
+of syscalls that live elsewhere (spec.user_dir())."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Set
 
 import jinja2
+import jinja2.meta
 
 from memuse_kit.core.errors import KitError
 
@@ -25,6 +28,11 @@ def tab_pad(text: str, start_column: int, target_column: int) -> str:
     return text + tabs
 
 
+def toml_value(value: Any) -> str:
+    """A string or a list of strings as TOML writes it (a JSON string is a TOML basic string)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def environment() -> jinja2.Environment:
     """The environment for the current TEMPLATES_DIR (tests point it at a modified copy)."""
     return _environment(TEMPLATES_DIR)
@@ -41,13 +49,34 @@ def _environment(root: Path) -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["tab_pad"] = tab_pad
+    env.filters["toml"] = toml_value
     return env
 
 
-def render(name: str, **context: Any) -> str:
+def render(template: str, /, **context: Any) -> str:
+    return render_from(TEMPLATES_DIR, template, **context)
+
+
+def render_from(root: Path, template: str, /, **context: Any) -> str:
+    """A template under root, rendered; every template problem is one KitError line."""
+    name = template
     try:
-        return environment().get_template(name).render(**context)
+        return _environment(root).get_template(name).render(**context)
     except jinja2.TemplateNotFound:
-        raise KitError(f"template {name} not found under {TEMPLATES_DIR}") from None
+        raise KitError(f"template {name} not found under {root}") from None
+    except jinja2.TemplateSyntaxError as error:
+        raise KitError(f"{root / name}:{error.lineno}: {error.message}") from None
     except jinja2.UndefinedError as error:
-        raise KitError(f"template {name}: {error}") from None
+        raise KitError(f"template {root / name}: {error}") from None
+
+
+def variables_used(root: Path, name: str, /) -> Set[str]:
+    """The names a template reads from its context (facts, probes, spec, ...)."""
+    env = _environment(root)
+    try:
+        source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
+        return set(jinja2.meta.find_undeclared_variables(env.parse(source)))
+    except jinja2.TemplateNotFound:
+        raise KitError(f"template {name} not found under {root}") from None
+    except jinja2.TemplateSyntaxError as error:
+        raise KitError(f"{root / name}:{error.lineno}: {error.message}") from None

@@ -11,6 +11,7 @@ from typing import Dict, Optional, TextIO
 import requests
 from tqdm import tqdm
 
+from memuse_kit.core import output
 from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 
@@ -98,7 +99,7 @@ class TransferProgress:
         mark = self._mark()
         if mark > self.reported:
             self.reported = mark
-            print(f"{self.label}: {self._describe()}", file=self.out, flush=True)
+            output.progress(f"{self.label}: {self._describe()}", self.out)
 
     def _describe(self) -> str:
         if not self.total:

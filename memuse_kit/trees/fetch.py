@@ -27,7 +27,7 @@ from memuse_kit.core import atomic
 from memuse_kit.core.cache import cache_root, downloads_dir, trees_dir
 from memuse_kit.core.clock import now
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say, warn
+from memuse_kit.core.output import report, say, warn
 from memuse_kit.core.runner import Runner
 from memuse_kit.trees import sources
 from memuse_kit.trees.debsource import Apt, unpack_deb
@@ -126,20 +126,20 @@ def fetch_command(
         result = use_tree(Path(tree))
     else:
         result = fetch_source(source, explicit=source is not None, **options)
-    say(f"Linux {result.kernel} ({result.spec} {result.version}): {result.tree}")
+    report(f"Linux {result.kernel} ({result.spec} {result.version}): {result.tree}")
 
 
 def _fetch_dry_run(source: Optional[str], tree: Optional[Path]) -> None:
     if tree is not None:
         root = tree.expanduser().resolve()
         kernel = read_tree_version(root)
-        say(f"would record {root} (Linux {kernel}) as the current tree")
+        report(f"would record {root} (Linux {kernel}) as the current tree")
         return
     name, cached = planned_source(source)
     if cached is not None:
-        say(f"{name}: already fetched ({cached.version}): {cached.tree}")
+        report(f"{name}: already fetched ({cached.version}): {cached.tree}")
     else:
-        say(f"would fetch {name} into {trees_dir()} (a dry run downloads nothing)")
+        report(f"would fetch {name} into {trees_dir()} (a dry run downloads nothing)")
 
 
 def use_tree(tree: Path) -> FetchResult:
@@ -190,6 +190,17 @@ def source_record(tree: Path) -> Optional[Dict[str, Any]]:
     if current and Path(current.get("tree", "")).resolve() == root:
         return current
     return None
+
+
+def source_label(tree: Path) -> str:
+    """What kind of source a tree is, for patch file names: upstream (kernel.org), debian,
+    ubuntu, ... as its cached directory is named; "linux" for a tree the tool did not fetch."""
+    record = source_record(tree) or {}
+    where = Path(str(record.get("tree") or ""))
+    if not record.get("spec") or where.parent.resolve() != trees_dir().resolve():
+        return "linux"
+    prefix = where.name.split("-", 1)[0]
+    return "upstream" if prefix == "linux" else prefix
 
 
 class Fetcher:

@@ -25,8 +25,8 @@ from typing import IO, Callable, List, Optional, Sequence, Union
 
 from memuse_kit.core.clock import now
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say
-from memuse_kit.core.runner import Runner
+from memuse_kit.core.output import report, say
+from memuse_kit.core.runner import CommandTimeout, Runner
 from memuse_kit.installing.install import grub_entry_id
 from memuse_kit.trying import machine_image
 from memuse_kit.trying.machine_image import OVMF_CODE, OVMF_VARS, MachineImage, Recipe
@@ -148,10 +148,7 @@ class Machine:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self._qemu_log = (self.workdir / "qemu.log").open("w")
-        self.process = subprocess.Popen(
-            self.qemu_command(), stdin=subprocess.DEVNULL, stdout=self._qemu_log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.process = Runner().start(self.qemu_command(), stdout=self._qemu_log)
 
     def qemu_command(self) -> List[str]:
         drive = f"if=none,id=root,format=qcow2,file={self.disk}"
@@ -211,12 +208,10 @@ class Machine:
         """Run a command in the machine (a list is quoted, a string is a shell line)."""
         line = command if isinstance(command, str) else shlex.join(list(command))
         try:
-            done = subprocess.run(
-                [*self.ssh_command(user), line], input=input, capture_output=True, text=True,
-                errors="replace", timeout=timeout, check=False,
-                stdin=None if input is not None else subprocess.DEVNULL,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
+            done = Runner().run(
+                [*self.ssh_command(user), line], input=input, timeout=timeout, check=False
+            )
+        except CommandTimeout:
             raise self._timeout_error(f"`{line}` did not finish", timeout) from None
         if check and done.returncode != 0:
             detail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
@@ -234,14 +229,11 @@ class Machine:
         tar = ["tar", "-c", "-f", "-"]
         for path in paths:
             tar += ["-C", str(Path(path).resolve().parent), Path(path).resolve().name]
-        with subprocess.Popen(tar, stdout=subprocess.PIPE) as packer:
+        unpack = [*self.ssh_command(user), f"mkdir -p {remote} && tar -x -f - -C {remote}"]
+        with Runner().start(tar, stdout=subprocess.PIPE, stderr=None) as packer:
             try:
-                done = subprocess.run(
-                    [*self.ssh_command(user), f"mkdir -p {remote} && tar -x -f - -C {remote}"],
-                    stdin=packer.stdout, capture_output=True, text=True, timeout=timeout,
-                    check=False,
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
+                done = Runner().run(unpack, stdin=packer.stdout, timeout=timeout, check=False)
+            except CommandTimeout:
                 packer.kill()
                 raise self._timeout_error(
                     "copying into the machine did not finish", timeout
@@ -300,12 +292,11 @@ class Machine:
     def _try(self, command: Sequence[str], user: Optional[str] = None) -> Optional[str]:
         """stdout of a command, or None when ssh is not answering (yet)."""
         try:
-            done = subprocess.run(
+            done = Runner().run(
                 [*self.ssh_command(user, connect_timeout=5), shlex.join(command)],
-                capture_output=True, text=True, timeout=30, check=False,
-                stdin=subprocess.DEVNULL,
+                timeout=30, check=False,
             )  # fmt: skip
-        except subprocess.TimeoutExpired:
+        except CommandTimeout:
             return None
         return done.stdout if done.returncode == 0 else None
 
@@ -383,7 +374,7 @@ def machine_command(create: bool = False, rebuild: bool = False) -> None:
     """`invoke machine`: show the cached image, or create it."""
     if create or rebuild:
         ensure_image(rebuild=rebuild)
-    say(describe())
+    report(describe())
 
 
 __all__ = ["DISK_BUSES", "Machine", "MachineImage", "ensure_image", "machine_command"]

@@ -15,7 +15,6 @@ import os
 import pwd
 import shlex
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -293,10 +292,8 @@ def _assemble(recipe: Recipe, stage: Path, out: Path) -> None:
 
 
 def _sfdisk(raw: Path, table: str) -> None:
-    done = subprocess.run(
-        ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)],
-        input=table, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    sfdisk = ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)]
+    done = Runner().run(sfdisk, input=table, check=False)
     if done.returncode != 0:
         raise KitError(f"sfdisk could not partition {raw}: {done.stderr.strip()}")
 
@@ -331,7 +328,7 @@ def _versions(packages_tsv: Path) -> Dict[str, str]:
 
 
 def _mmdebstrap_version() -> str:
-    done = subprocess.run(["mmdebstrap", "--version"], capture_output=True, text=True, check=False)
+    done = Runner().run(["mmdebstrap", "--version"], check=False, mutates=False)
     return done.stdout.strip()
 
 

@@ -9,7 +9,7 @@ from memuse_kit.building import compiler
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
-from memuse_kit.core.output import say
+from memuse_kit.core.output import report
 from memuse_kit.core.runner import Runner
 from memuse_kit.patching.templates import TEMPLATES_DIR
 from memuse_kit.trees.kernel_version import read_tree_version
@@ -40,5 +40,5 @@ def build_module(name: str, tree: Path, bd: BuildDir, dry_run: bool = False) -> 
     Runner(dry_run=dry_run).run(cmd)
     module = work / f"{name}.ko"
     if not dry_run:
-        say(f"module: {module}")
+        report(f"module: {module}")
     return module

@@ -14,7 +14,6 @@ import re
 import secrets
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Dict, List, Optional, TextIO
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import problem, report, say
 from memuse_kit.core.runner import CommandTimeout, Runner
 
 DEFAULT_COMMAND = ["memuse", "experiment"]
@@ -120,11 +120,10 @@ def _probe_kvm(timeout: float) -> bool:
     if not vng or not kernel.is_file():
         return False
     try:
-        done = subprocess.run(
-            [vng, "--run", str(kernel), "--exec", "true"],
-            capture_output=True, timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
+        done = Runner().run(
+            [vng, "--run", str(kernel), "--exec", "true"], timeout=timeout, check=False
+        )
+    except CommandTimeout:
         return False
     return done.returncode == 0
 
@@ -172,11 +171,11 @@ class ConsoleReader:
         if _KERNEL_LINE.match(line):
             self.kernel_log.append(line)
             if self.inside and _ALARMING.search(line):
-                print(f"kernel: {line}", file=self.err, flush=True)
+                problem(f"kernel: {line}", self.err)
             return
         if self.inside:
             self.output.append(line)
-            print(line, file=self.out, flush=True)
+            report(line, self.out)
 
 
 def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
@@ -197,7 +196,7 @@ def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
         runner.stream(cmd)
         return VmResult(0, [], [])
     log_path = log_path or options.build.root / "vm.log"
-    print(f"booting {image} ({'KVM' if use_kvm else 'TCG'}) ...", file=sys.stderr, flush=True)
+    say(f"booting {image} ({'KVM' if use_kvm else 'TCG'}) ...", sys.stderr)
     with log_path.open("w") as log:
         try:
             status = runner.stream(

@@ -5,7 +5,13 @@ for every kind and opens /proc/PID/smaps; memuse succeeds for every kind (the ke
 included) exactly when the open does, and both refuse with EACCES. The check is mm_access():
 ptrace read access with the caller's fs credentials (PTRACE_MODE_READ_FSCREDS): same uid and
 gid as the target and the target dumpable, or CAP_SYS_PTRACE; a process may always read
-itself (same mm); a task without an mm has nothing to refuse.
+an mm it is using itself (same mm); where the tree's mm_access() says so, CAP_PERFMON also
+grants it; a task without an mm has nothing to refuse.
+
+Kind 2, the kernel stack, reads no memory map, yet the README promises it grants exactly
+what smaps grants. Every case here checks all five kinds, kind 2 included, and two cases
+exist for it: a process sharing the target's mm without being its thread (clone(CLONE_VM)),
+and a CAP_PERFMON caller. A ptrace_may_access() check alone would refuse both.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import json
 import os
 import shutil
 import signal
@@ -23,16 +30,20 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 
 from memuse_client import stopped_scenario
+from memuse_kit.patching.probes import c_function
 from tests.guest_support import (
     ALL_KINDS,
+    REPORT,
     USER_KINDS,
     as_user,
     call,
+    callers_binary,
     drop_privileges,
     expected_thread_size,
     in_child,
     kill_and_reap,
     nobody,
+    running_builds,
     smaps_view,
     task_state,
     wait_for,
@@ -40,6 +51,9 @@ from tests.guest_support import (
 
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+CAP_PERFMON = 38
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # an owner for the fs-credentials test that no other process has
 OTHER_UID = 4242
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -261,3 +275,83 @@ def _with_fsuid(nr: int, target: int, fs_uid: int) -> Dict[str, bool]:
     first = refused(probe(nr, target))
     _libc.setfsuid(OTHER_UID)  # permitted: it is the real uid
     return {"as fsuid nobody": first, "as fsuid owner": allowed(probe(nr, target))}
+
+
+def test_a_process_sharing_the_mm_may_measure_it_though_not_dumpable(nr):
+    """mm_access()'s first rule: the caller's own mm. callers.c, run as nobody and made not
+    dumpable, starts a sibling with clone(CLONE_VM) and no CLONE_THREAD (another thread group,
+    so ptrace_may_access() alone refuses it) and forks a child (its own mm, the same uid,
+    not dumpable either). smaps and every kind of memuse allow the first, refuse the second.
+    """
+    binary = callers_binary()
+    uid, gid = nobody()
+    expected_thread_size()  # cached while root
+    done = subprocess.run(
+        [str(binary), "shared-mm", str(nr)],
+        preexec_fn=functools.partial(drop_privileges, uid, gid),
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    sibling, forked = seen["sibling sharing the mm"], seen["forked child"]
+    assert seen["dumpable"] == 0
+    assert allowed(sibling), sibling
+    assert sibling["memuse"]["2"] == [expected_thread_size(), 0]
+    assert refused(forked), forked
+
+
+def test_cap_perfmon_grants_every_kind_exactly_where_it_grants_smaps(nr, root_scenario):
+    """nobody holding CAP_PERFMON and no other capability, against a root process: newer
+    mm_access() lets it read (perfmon_capable()), older ones refuse. Whichever this tree's
+    mm_access() does, smaps and all five kinds must decide the same, and as the tree says."""
+    grants = mm_access_grants_perfmon(nr)
+    seen = in_child(lambda: perfmon_only_probe(nr, root_scenario))
+    REPORT.append(
+        f"permissions: nobody with CAP_PERFMON only is {'allowed' if grants else 'refused'} "
+        "a root process by this tree's mm_access(); smaps and every kind of memuse agree"
+    )
+    assert seen["capabilities"] == 1 << CAP_PERFMON
+    assert (allowed if grants else refused)(seen["probe"]), seen["probe"]
+
+
+def mm_access_grants_perfmon(nr: int) -> bool:
+    """Whether the running kernel's tree lets perfmon_capable() read another's mm."""
+    trees = {record.tree for record in running_builds(nr)}
+    assert len(trees) == 1 and all(trees), f"the builds name trees {trees}"
+    fork_c = (Path(trees.pop()) / "kernel/fork.c").read_text()
+    body = c_function(fork_c, "may_access_mm") or c_function(fork_c, "mm_access") or ""
+    assert "ptrace_may_access(" in body, "kernel/fork.c's mm_access() was not found"
+    return "perfmon_capable(" in body
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def perfmon_only_probe(nr: int, target: int) -> Dict[str, object]:
+    """In a forked child: become nobody keeping CAP_PERFMON alone, then probe the target."""
+    uid, gid = nobody()
+    _libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+    drop_privileges(uid, gid)  # the effective set is emptied, the permitted one kept
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    word, bit = divmod(CAP_PERFMON, 32)
+    data[word].effective = data[word].permitted = 1 << bit
+    if _libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    return {"capabilities": effective_capabilities(), "probe": probe(nr, target)}
+
+
+def effective_capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no CapEff in /proc/self/status")
