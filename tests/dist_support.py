@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 SOCKET_WAIT = 30.0
 _DISTCCD_JOB = re.compile(r"COMPILE_OK .* (\S+)$")
@@ -48,6 +48,67 @@ def _is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def listening_addresses(port: int) -> Set[str]:
+    """The addresses TCP sockets listen on at port, on this machine (/proc/net/tcp, tcp6)."""
+    found: Set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(_address(address))
+    return found
+
+
+def _address(hex_address: str) -> str:
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+# iceccd 1.4 cannot listen on lo alone: with -i lo it binds lo a second time ("we should
+# always listen on the loopback interface") and gives up on "Address already in use", and
+# without -i it listens on every interface. Preloaded into the test's helper daemon, this
+# turns its bind to any address into a bind to 127.0.0.1, and keeps itself out of the
+# compilers the daemon runs (in a chroot where the library does not exist).
+LOOPBACK_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+
+__attribute__((constructor)) static void forget_preload(void) { unsetenv("LD_PRELOAD"); }
+
+int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    int (*real)(int, const struct sockaddr *, socklen_t) = dlsym(RTLD_NEXT, "bind");
+    struct sockaddr_in loopback;
+
+    if (addr && addr->sa_family == AF_INET && len >= sizeof(loopback) &&
+        ((const struct sockaddr_in *)addr)->sin_addr.s_addr == htonl(INADDR_ANY)) {
+        loopback = *(const struct sockaddr_in *)addr;
+        loopback.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        return real(fd, (const struct sockaddr *)&loopback, sizeof(loopback));
+    }
+    return real(fd, addr, len);
+}
+"""
+
+
+def loopback_shim(directory: Path) -> Path:
+    source, library = directory / "loopback-bind.c", directory / "loopback-bind.so"
+    source.write_text(LOOPBACK_SHIM)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
+        check=True,
+        capture_output=True,
+    )
+    return library
 
 
 def wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
@@ -110,7 +171,13 @@ class Distccd:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_for_port(self.port, self.process, "distccd")
+        try:
+            wait_for_port(self.port, self.process, "distccd")
+            if listening_addresses(self.port) != {"127.0.0.1"}:
+                raise RuntimeError(f"distccd listens on {listening_addresses(self.port)}")
+        except BaseException:
+            stop(self.process)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -152,10 +219,10 @@ class IcecreamFarm:
     """icecc-scheduler and two iceccd: "local" (this machine's, --no-remote: it listens on a
     unix socket only) and "helper1" (takes remote jobs), on a network name of their own.
 
-    The scheduler is bound to lo, and every connection goes to 127.0.0.1. The helper's job
-    port cannot be: iceccd 1.4 with -i lo binds lo a second time ("we should always listen on
-    the loopback interface") and gives up on "Address already in use"; so it listens on all
-    interfaces, on a random port, while the test runs, and only this scheduler knows it."""
+    Everything listens on 127.0.0.1 only: the scheduler with -i lo, the helper through
+    LOOPBACK_SHIM, the local daemon on a unix socket. ICECC_TESTS=1, icecream's own test
+    switch, keeps the scheduler's and daemons' broadcasts on lo (without it they announce
+    themselves on every other interface's broadcast address)."""
 
     HELPER = "helper1"
 
@@ -181,6 +248,7 @@ class IcecreamFarm:
             "ICECC_TEST_SOCKET": str(self.work / "local.socket"),
             "ICECC_SCHEDULER": self.scheduler,
             "ICECC_TEST_REMOTEBUILD": "1",
+            "ICECC_TESTS": "1",
             "ICECC_PREFERRED_HOST": self.HELPER,
             "ICECC_ENV_COMPRESSION": "none",
             "ICECC_DEBUG": "debug",
@@ -193,7 +261,7 @@ class IcecreamFarm:
                 subprocess.Popen(
                     cmd,
                     cwd=self.work,
-                    env={**os.environ, **(env or {})},
+                    env={**os.environ, "ICECC_TESTS": "1", **(env or {})},
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -221,10 +289,11 @@ class IcecreamFarm:
              "-b", str(self.work / "local-envs"), "-l", str(self.work / "local.log"), "-vvv"],
             {"ICECC_TEST_SOCKET": str(self.work / "local.socket")},
         )  # fmt: skip
-        user, helper = job_user(), self.helper_dir
+        user, helper, shim = job_user(), self.helper_dir, loopback_shim(self.work)
         setup = (
             f"mkdir {helper}/envs {helper}/run && touch {helper}/helper.log && "
-            f'chown {user}: {helper}/envs {helper}/run {helper}/helper.log && exec "$@"'
+            f"chown {user}: {helper}/envs {helper}/run {helper}/helper.log && "
+            f'LD_PRELOAD={shim} exec "$@"'  # iceccd's alone (the shim forgets it at once)
         )
         self._start(
             ["unshare", "--map-auto", "--map-root-user", "sh", "-c", setup, "sh",
@@ -234,6 +303,9 @@ class IcecreamFarm:
             {"ICECC_TEST_SOCKET": f"{helper}/run/iceccd.socket"},
         )  # fmt: skip
         self._wait_for_daemons()
+        for port in (self.scheduler_port, self.scheduler_port + 1, self.helper_port):
+            if listening_addresses(port) != {"127.0.0.1"}:
+                raise RuntimeError(f"port {port} listens on {listening_addresses(port)}")
 
     def _wait_for_daemons(self) -> None:
         deadline = time.monotonic() + SOCKET_WAIT
@@ -272,6 +344,10 @@ class IcecreamFarm:
                 check=False,
             )
 
+    def kill_helper(self) -> None:
+        """helper1 dies: SIGKILL for its daemon and the jobs it is running."""
+        stop(self.processes[2], signal.SIGKILL)
+
     def jobs_on(self, server: str) -> List[str]:
         """Source files the scheduler gave to server, by file name."""
         text = (self.work / "scheduler.log").read_text(errors="replace")
@@ -302,3 +378,26 @@ def compiler_named(directory: Path, name: str, real: str) -> Path:
             link.unlink()
         link.symlink_to(shutil.which(real) or real)
     return directory
+
+
+# What `make defconfig prepare` and one directory of kernel/ read: the headers, x86, the
+# build scripts (selinux's genheaders reads its classmap), objtool's sources, kernel/
+# itself, and every Kconfig and Makefile
+KERNEL_PARTS = (
+    "include", "arch/x86", "scripts", "kernel", "security/selinux/include", "tools/objtool",
+    "tools/lib", "tools/include", "tools/arch/x86", "tools/build", "tools/scripts",
+)  # fmt: skip
+
+
+def partial_copy(tree: Path, dest: Path) -> Path:
+    """A real copy (no hard links: nothing done to it can reach the cached tree) of the
+    parts of tree a build of kernel/ reads, without memuse-kit's patch state."""
+    rules = ["--exclude=/.memuse-kit/"]
+    rules += [f"--include=/{part}/***" for part in KERNEL_PARTS]
+    rules += ["--include=*/", "--include=Kconfig*", "--include=Makefile*", "--include=Kbuild*"]
+    rules += ["--include=/*", "--exclude=*"]
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["rsync", "-a", "--prune-empty-dirs", *rules, f"{tree}/", f"{dest}/"], check=True
+    )
+    return dest

@@ -1,10 +1,11 @@
 """Distributed builds with real engines and real daemons, on this machine only (127.0.0.1).
 
-Real kernel sources: a hard-link copy of Debian's 5.10 tree (gcc-11, as memuse-kit picks
-for it), `make O=... defconfig prepare` once, then one subdirectory compiled locally for
-reference and again through distcc or icecream, with the make arguments and environment
-memuse-kit's build gives make (building/distributed.py). The whole kernel is never built:
-the build's own wiring (-j, CCACHE_PREFIX, the record) is in tests/test_distributed.py.
+Real kernel sources: a real copy of the parts of Debian's 5.10 tree a build of kernel/ reads
+(in $MEMUSE_KIT_TEST_SCRATCH or pytest's tmp; gcc-11, as memuse-kit picks for 5.10),
+`make O=... defconfig prepare` once, then one subdirectory compiled locally for reference
+and again through distcc or icecream, with the make arguments and environment memuse-kit's
+build gives make (building/distributed.py). The whole kernel is never built: the build's
+own wiring (-j, CCACHE_PREFIX, the record) is in tests/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
 from memuse_kit.building import compiler, distributed, preflight
 from memuse_kit.building.compiler import Compiler
-from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
 from memuse_kit.trees.kernel_version import read_tree_version
 from tests.dist_support import (
     Distccd,
     IcecreamFarm,
     compiler_named,
+    listening_addresses,
+    partial_copy,
     user_namespaces_work,
 )
 from tests.kernel_trees import cached_tree
@@ -89,27 +91,30 @@ class KernelParts:
         ]
 
 
+SCRATCH_ENV = "MEMUSE_KIT_TEST_SCRATCH"  # where the copy goes (default: pytest's tmp)
+
+
 @pytest.fixture(scope="module")
-def kernel() -> KernelParts:
+def kernel(tmp_path_factory) -> Iterator[KernelParts]:
     """defconfig and prepare with the CC and HOSTCC the distributed builds use, so that
     they find the host programs (objtool among them) built and recompile only SUBDIR."""
-    scratch = cache_root() / "test-scratch"
-    tree = scratch / "distributed-5.10"
-    shutil.rmtree(tree, ignore_errors=True)
-    # a hard-link copy: make O= writes nothing into it, and a patch of the cached tree,
-    # written by rename, does not reach it; patched or not does not matter to SUBDIR
-    subprocess.run(["cp", "-al", str(cached_tree(SOURCE)), str(tree)], check=True)
-    shutil.rmtree(tree / ".memuse-kit", ignore_errors=True)
-    obj = scratch / "distributed-5.10-obj"
-    shutil.rmtree(obj, ignore_errors=True)
-    cc = compiler.pick(read_tree_version(tree), use_ccache=True)
-    env = {**os.environ, "CCACHE_DIR": str(scratch / "distributed-5.10-ccache")}
-    make = ["make", f"O={obj}", *cc.make_args()]
-    for target in (["defconfig"], ["-j2", "prepare"], ["-j2", f"{SUBDIR}/"]):
-        subprocess.run([*make, *target], cwd=tree, env=env, check=True, capture_output=True)
-    reference = {path.name: path.read_bytes() for path in (obj / SUBDIR).glob("*.o")}
-    assert len(reference) >= 10
-    return KernelParts(tree, obj, cc, {"CCACHE_DIR": env["CCACHE_DIR"]}, reference)
+    given = os.environ.get(SCRATCH_ENV)
+    scratch = Path(given) / "distributed-5.10" if given else tmp_path_factory.mktemp("dist")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        tree = partial_copy(cached_tree(SOURCE), scratch / "tree")
+        obj = scratch / "obj"
+        cc = compiler.pick(read_tree_version(tree), use_ccache=True)
+        env = {**os.environ, "CCACHE_DIR": str(scratch / "ccache")}
+        make = ["make", f"O={obj}", *cc.make_args()]
+        for target in (["defconfig"], ["-j2", "prepare"], ["-j2", f"{SUBDIR}/"]):
+            done = subprocess.run([*make, *target], cwd=tree, env=env, capture_output=True)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        reference = {path.name: path.read_bytes() for path in (obj / SUBDIR).glob("*.o")}
+        assert len(reference) >= 10
+        yield KernelParts(tree, obj, cc, {"CCACHE_DIR": env["CCACHE_DIR"]}, reference)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def with_ccache(kernel: KernelParts, farm: distributed.Farm, work: Path) -> tuple:
@@ -165,6 +170,9 @@ def test_icecream_compiles_every_object_on_the_helper_as_this_machine_would(
     with IcecreamFarm(tmp_path) as ice:
         for name, value in ice.client_environment().items():
             monkeypatch.setenv(name, value)
+        # nothing of the farm can be reached from another machine
+        for port in (ice.scheduler_port, ice.scheduler_port + 1, ice.helper_port):
+            assert listening_addresses(port) == {"127.0.0.1"}
         farm = distributed.icecream_farm(distributed.scheduler_address(), local_slots=2)
         assert [(h.name, h.slots) for h in farm.helpers] == [(ice.HELPER, 2)]
         assert farm.jobs() == 4
@@ -182,13 +190,15 @@ def test_icecream_compiles_every_object_on_the_helper_as_this_machine_would(
         assert kernel.differing() == []
 
 
-def kill_after(helper: Distccd, process: subprocess.Popen, jobs: int) -> None:
-    """Kill the helper once it has compiled `jobs` objects of the running build."""
+def kill_after(
+    jobs: Callable[[], int], kill: Callable[[], None], process: subprocess.Popen, count: int
+) -> None:
+    """kill() the helper once jobs() says it has `count` objects of the running build."""
     deadline = time.monotonic() + 120
-    while len(helper.jobs()) < jobs and process.poll() is None and time.monotonic() < deadline:
+    while jobs() < count and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "the build ended before the helper could be killed"
-    helper.kill()
+    kill()
 
 
 def test_a_helper_that_dies_mid_build_leaves_the_objects_to_this_machine(kernel, tmp_path):
@@ -198,12 +208,34 @@ def test_a_helper_that_dies_mid_build_leaves_the_objects_to_this_machine(kernel,
         cc, env = with_ccache(kernel, farm, tmp_path)
         kernel.clean()
         process = kernel.make(cc, env)
-        kill_after(helper, process, 3)
+        kill_after(lambda: len(helper.jobs()), helper.kill, process, 3)
         out, _ = process.communicate()
     assert process.returncode == 0, out[-3000:]
     assert 3 <= len(helper.jobs()) < len(kernel.sources())
     fell_back = [line for line in out.splitlines() if distributed.fell_back(line)]
     assert fell_back, out[-3000:]  # what the build counts and records (fell_back)
+    assert kernel.differing() == []
+
+
+@pytest.mark.skipif(not user_namespaces_work(), reason="needs user namespaces (unshare)")
+def test_an_icecream_helper_that_dies_mid_build_leaves_the_objects_to_this_machine(
+    kernel, tmp_path, monkeypatch
+):
+    """icecream always falls back (it has no switch against it): the jobs the helper was
+    running when it died, and the later ones, are compiled here."""
+    with IcecreamFarm(tmp_path) as ice:
+        for name, value in ice.client_environment().items():
+            monkeypatch.setenv(name, value)
+        farm = distributed.icecream_farm(distributed.scheduler_address(), local_slots=2)
+        cc, env = with_ccache(kernel, farm, tmp_path)
+        kernel.clean()
+        process = kernel.make(cc, env)
+        kill_after(lambda: len(ice.jobs_on(ice.HELPER)), ice.kill_helper, process, 3)
+        out, _ = process.communicate()
+        log = ice.client_log()
+    assert process.returncode == 0, out[-3000:]
+    assert 3 <= len(ice.jobs_on(ice.HELPER)) < len(kernel.sources())
+    assert "building_local" in log or "building myself" in log, log[-3000:]
     assert kernel.differing() == []
 
 
@@ -213,7 +245,7 @@ def test_a_helper_that_dies_without_fallback_fails_the_build_and_breaks_no_objec
         cc, env = with_ccache(kernel, farm, tmp_path)
         kernel.clean()
         process = kernel.make(cc, {**env, "DISTCC_FALLBACK": "0"})
-        kill_after(helper, process, 3)
+        kill_after(lambda: len(helper.jobs()), helper.kill, process, 3)
         out, _ = process.communicate()
     assert process.returncode != 0
     assert "failed to distribute and fallbacks are disabled" in out

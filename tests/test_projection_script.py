@@ -67,6 +67,19 @@ def test_the_objects_before_the_link_are_compiled_again_and_nothing_is_written(t
     ]
     assert snapshot(build) == before
 
+    # projected again from the samples, with other serial parts: nothing is compiled
+    for source in (build / "obj/lib").glob("*.c"):
+        source.unlink()
+    again = run(str(build), "--config", "1", "--link", "20", "--package", "3")
+    # without --samples it has to compile, and cannot: one line
+    assert again.returncode == 1 and again.stderr == ""
+    assert again.stdout.startswith("cannot compile a sampled object again: gcc ... failed")
+    assert len(again.stdout.splitlines()) == 1
+    again = run(str(build), "--samples", str(samples), "--config", "1", "--link", "20",
+                "--package", "3")  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 sampled" in again.stdout and "link 20.0 s" in again.stdout
+
 
 def test_the_compile_phase_is_bound_by_the_helpers_or_by_preprocessing_here():
     script = load_script()
