@@ -28,6 +28,8 @@ SOCKET_WAIT = 30.0
 _DISTCCD_JOB = re.compile(r"COMPILE_OK .* (\S+)$")
 _ICECC_NEW = re.compile(r"NEW (\d+) client=\S+ versions=\[[^\]]*\] (\S+) ")
 _ICECC_BEGIN = re.compile(r"BEGIN: (\d+) client=\S+ server=([^(\s]+)")
+_ICECC_CLIENT = re.compile(r"^ICECC\[(\d+)\] \S+ \S+: (.*)$")
+_ICECC_PREPARING = re.compile(r"^preparing (\S+) to be compiled")
 
 
 def free_port(pair: bool = False) -> int:
@@ -349,12 +351,35 @@ class IcecreamFarm:
         stop(self.processes[2], signal.SIGKILL)
 
     def jobs_on(self, server: str) -> List[str]:
-        """Source files the scheduler gave to server, by file name."""
+        """Source files the scheduler gave to server, by file name, without kbuild's
+        compiler tests (cc-option and the like compile /dev/null with -D__KERNEL__, so the
+        prefix script hands them on, and icecream distributes them)."""
         text = (self.work / "scheduler.log").read_text(errors="replace")
         files = {m.group(1): Path(m.group(2)).name for m in _ICECC_NEW.finditer(text)}
-        return [
+        jobs = [
             files.get(m.group(1), "?") for m in _ICECC_BEGIN.finditer(text) if m.group(2) == server
         ]
+        return [name for name in jobs if name != "null"]  # kbuild's compiler tests of /dev/null
+
+    def compiled_here(self) -> List[str]:
+        """Source files icecc compiled on this machine, by file name, from its log: kbuild's
+        compiler tests of /dev/null left out (icecream recompiles here every compile that
+        fails, and those tests are meant to fail)."""
+        source: Dict[str, str] = {}
+        local: Set[str] = set()
+        for line in self.client_log().splitlines():
+            match = _ICECC_CLIENT.match(line)
+            if not match:
+                continue
+            pid, message = match.groups()
+            preparing = _ICECC_PREPARING.match(message)
+            if preparing:
+                source[pid] = preparing.group(1)
+            elif message.startswith(("<building_local>", "building myself")):
+                local.add(pid)
+        return sorted(
+            Path(source[pid]).name for pid in local if source.get(pid, "/dev/null") != "/dev/null"
+        )
 
     def client_log(self) -> str:
         path = self.work / "icecc.log"
