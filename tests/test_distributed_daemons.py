@@ -164,9 +164,10 @@ def test_distcc_compiles_every_object_on_the_helper_as_this_machine_would(kernel
 
 
 @pytest.mark.skipif(not user_namespaces_work(), reason="needs user namespaces (unshare)")
-def test_icecream_compiles_every_object_on_the_helper_as_this_machine_would(
+def test_icecream_compiles_every_object_on_the_helper_and_this_machine_takes_over_when_it_dies(
     kernel, tmp_path, monkeypatch
 ):
+    """One farm for both halves: the compiler environment is packed and sent once."""
     with IcecreamFarm(tmp_path) as ice:
         for name, value in ice.client_environment().items():
             monkeypatch.setenv(name, value)
@@ -187,6 +188,23 @@ def test_icecream_compiles_every_object_on_the_helper_as_this_machine_would(
         assert ice.compiled_here() == []
         assert ice.client_log().count("Have to use host 127.0.0.1") >= len(kernel.sources())
         assert kernel.differing() == []
+
+        # the helper dies after its third object of a new build (a cold ccache again):
+        # icecream always falls back, so what it had not finished, and what came after,
+        # is compiled here
+        dying = tmp_path / "dying"
+        dying.mkdir()
+        cc, env = with_ccache(kernel, farm, dying)
+        before = len(ice.jobs_on(ice.HELPER))
+        kernel.clean()
+        process = kernel.make(cc, env)
+        kill_after(lambda: len(ice.jobs_on(ice.HELPER)) - before, ice.kill_helper, process, 3)
+        out, _ = process.communicate()
+        given, here = ice.jobs_on(ice.HELPER)[before:], ice.compiled_here()
+    assert process.returncode == 0, out[-3000:]
+    assert 3 <= len(given) < len(kernel.sources())
+    assert here and set(here) | set(given) == set(kernel.sources()), (given, here)
+    assert kernel.differing() == []
 
 
 def kill_after(
@@ -213,29 +231,6 @@ def test_a_helper_that_dies_mid_build_leaves_the_objects_to_this_machine(kernel,
     assert 3 <= len(helper.jobs()) < len(kernel.sources())
     fell_back = [line for line in out.splitlines() if distributed.fell_back(line)]
     assert fell_back, out[-3000:]  # what the build counts and records (fell_back)
-    assert kernel.differing() == []
-
-
-@pytest.mark.skipif(not user_namespaces_work(), reason="needs user namespaces (unshare)")
-def test_an_icecream_helper_that_dies_mid_build_leaves_the_objects_to_this_machine(
-    kernel, tmp_path, monkeypatch
-):
-    """icecream always falls back (it has no switch against it): the jobs the helper was
-    running when it died, and the later ones, are compiled here."""
-    with IcecreamFarm(tmp_path) as ice:
-        for name, value in ice.client_environment().items():
-            monkeypatch.setenv(name, value)
-        farm = distributed.icecream_farm(distributed.scheduler_address(), local_slots=2)
-        cc, env = with_ccache(kernel, farm, tmp_path)
-        kernel.clean()
-        process = kernel.make(cc, env)
-        kill_after(lambda: len(ice.jobs_on(ice.HELPER)), ice.kill_helper, process, 3)
-        out, _ = process.communicate()
-        given, here = ice.jobs_on(ice.HELPER), ice.compiled_here()
-    assert process.returncode == 0, out[-3000:]
-    assert 3 <= len(given) < len(kernel.sources())
-    # what the helper had not finished, and what came after, was compiled here
-    assert here and set(here) | set(given) == set(kernel.sources()), (given, here)
     assert kernel.differing() == []
 
 
