@@ -47,6 +47,9 @@ class BuildRecord:
     pahole: Optional[str] = None
     debug_info: bool = False
     localmodconfig: Optional[Dict[str, Any]] = None
+    # which engine and helpers compiled the objects (None: this machine alone); optional,
+    # so records without it (schema 1, and schema 2 before it) read as local builds
+    distributed: Optional[Dict[str, Any]] = None
     log: str = ""
     durations: Dict[str, float] = field(default_factory=dict)
     objects_compiled: Optional[int] = None

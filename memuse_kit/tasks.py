@@ -107,7 +107,9 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
         "edit loop (install then asks for a build with packages)",
         "reconfigure": "replace a .config you edited (it is saved as .config.edited)",
         "keep-config": "build the existing .config as it is",
-        "jobs": "parallel jobs (default: number of CPUs)",
+        "jobs": "parallel jobs (default: number of CPUs, or the helpers' slots)",
+        "distcc": "compile on these distcc helpers: distcc's hosts, e.g. 'box1/8 box2:3632/4'",
+        "icecream": "compile on the helpers of icecream's scheduler (icecc, $ICECC_SCHEDULER)",
         "dry-run": "print the commands, run nothing",
     },
 )
@@ -125,6 +127,8 @@ def build(
     keep_config: bool = False,
     jobs: Optional[str] = None,
     packages: bool = True,
+    distcc: Optional[str] = None,
+    icecream: bool = False,
     dry_run: bool = False,
 ) -> None:
     """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
@@ -147,6 +151,8 @@ def build(
         keep_config=keep_config,
         packages=packages,
         dry_run=dry_run,
+        distcc=distcc,
+        icecream=icecream,
         **({"jobs": parallel} if parallel else {}),
     )
     if result is not None:

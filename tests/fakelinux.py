@@ -516,10 +516,16 @@ $(O)/%.o: %.c $(O)/.config
 \t@echo "  CC      $*.o"
 \t@cp $< $@
 
-$(IMAGE): $(OBJS)
+# kconfig's list of the Kconfig files a configuration read, written by make as syncconfig does
+$(O)/include/config/auto.conf.cmd: $(O)/.config
+\t@mkdir -p $(dir $@)
+\t@printf 'deps_config := \\\\\\n\\tKconfig \\\\\\n\\tarch/x86/Kconfig\\n\\n' > $@
+\t@printf 'ifneq "$$(CC)" "%s"\\nendif\\n' "$(CC)" >> $@
+
+$(IMAGE): $(OBJS) $(O)/include/config/auto.conf.cmd
 \t@mkdir -p $(dir $@) $(O)/include/config
 \t@echo $(RELEASE) > $(O)/include/config/kernel.release
-\t@cat $^ > $@
+\t@cat $(OBJS) > $@
 \t@echo "Kernel: arch/x86/boot/bzImage is ready"
 
 bindeb-pkg: all
@@ -546,12 +552,22 @@ done
 
 MERGE_CONFIG = """\
 #!/bin/sh
-# merge_config.sh stand-in: -m -O DIR BASE FRAGMENT... appended into $KCONFIG_CONFIG
+# merge_config.sh stand-in: -m -O DIR BASE FRAGMENT... appended into $KCONFIG_CONFIG; its
+# temporary file in the working directory, as the real one makes it
+set -e
 shift 3
 base=$1; shift
-cat "$@" >> "$KCONFIG_CONFIG"
+tmp=$(mktemp ./.tmp.config.XXXXXXXXXX)
+cat "$@" > "$tmp"
+cat "$tmp" >> "$KCONFIG_CONFIG"
+rm -f "$tmp"
 """
 
+
+KCONFIG = """\
+mainmenu "Fake Kernel"
+source "arch/x86/Kconfig"
+"""
 
 BUILDDEB = """\
 #!/bin/sh
@@ -589,6 +605,10 @@ def make_fake_buildable_tree(root: Path, version: str = "7.2.0") -> Path:
     (root / "Makefile").write_text(
         BUILD_MAKEFILE.format(major=major, minor=minor, sublevel=sublevel)
     )
+    for rel, text in (("Kconfig", KCONFIG), ("arch/x86/Kconfig", "config X86_64\n\tdef_bool y\n")):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     for rel, text in (
         ("scripts/config", SCRIPTS_CONFIG),
         ("scripts/kconfig/merge_config.sh", MERGE_CONFIG),

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit.building import artifacts, preflight
+from memuse_kit.building import artifacts, compiler, kconfig, preflight
 from memuse_kit.building.build import BuildOptions, build
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.errors import KitError
 from memuse_kit.patching import patcher, templates
 from tests import deb_support
-from tests.fakelinux import make_fake_buildable_tree
+from tests.fakelinux import make_fake_buildable_tree, snapshot
 
 
 @pytest.fixture
@@ -105,6 +105,104 @@ def test_nothing_changed_means_nothing_compiled_or_repackaged(tree, capsys):
     assert image.stat().st_mtime_ns == stamp
     assert (first.build_dir.obj / ".config").stat().st_mtime_ns == config_stamp
     assert "packages are up to date" in capsys.readouterr().out
+
+
+@pytest.fixture
+def generations(monkeypatch) -> list:
+    """Every configuration generate() makes (the defconfig, merge and olddefconfig runs)."""
+    calls: list = []
+    real = kconfig.generate
+
+    def counting(request, runner):
+        calls.append(request)
+        return real(request, runner)
+
+    monkeypatch.setattr(kconfig, "generate", counting)
+    return calls
+
+
+def test_a_no_op_build_does_not_configure_again(tree, generations):
+    build(options(tree))
+    assert len(generations) == 1
+    config = BuildDir.for_tree(tree, "vm").obj / ".config"
+    stamp = config.stat().st_mtime_ns
+    again = build(options(tree))
+    assert len(generations) == 1 and again.compiled == 0
+    assert config.stat().st_mtime_ns == stamp
+    assert metadata(tree)["config"]["inputs_sha256"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["fragment", "kconfig", "defconfig", "compiler", "debug_info", "reconfigure", "user edit"],
+)
+def test_what_the_configuration_is_made_of_makes_it_configure_again(
+    tree, generations, tmp_path, monkeypatch, change
+):
+    fragment = tmp_path / "extra.config"
+    fragment.write_text("CONFIG_EXTRA=y\n")
+    given = {"fragments": (str(fragment),)}
+    build(options(tree, **given))
+    build(options(tree, **given))
+    assert len(generations) == 1
+    if change == "fragment":
+        fragment.write_text("CONFIG_EXTRA=n\n")
+    elif change == "kconfig":
+        kconfig_file = tree / "arch/x86/Kconfig"
+        os.utime(kconfig_file, ns=(0, kconfig_file.stat().st_mtime_ns + 10**9))
+    elif change == "defconfig":
+        (tree / "arch/x86/configs").mkdir(parents=True)
+        (tree / "arch/x86/configs/x86_64_defconfig").write_text("CONFIG_64BIT=y\n")
+    elif change == "compiler":
+        monkeypatch.setattr(compiler, "version_of", lambda command: "99.0.0")
+    elif change == "debug_info":
+        given["debug_info"] = True
+    elif change == "reconfigure":
+        given["reconfigure"] = True
+    else:
+        config = BuildDir.for_tree(tree, "vm").obj / ".config"
+        config.write_text(config.read_text() + "CONFIG_MINE=y\n")
+        with pytest.raises(KitError, match="was edited since memuse-kit wrote it"):
+            build(options(tree, **given))
+        assert len(generations) == 2
+        return
+    build(options(tree, **given))
+    assert len(generations) == 2
+
+
+def test_the_packages_stay_current_beside_copies_of_modules(tree, capsys):
+    """invoke vm puts copies of the modules in obj/.virtme_mods: not the build's modules."""
+    first = build(options(tree))
+    copy = first.build_dir.obj / ".virtme_mods/lib/modules/0.0.0/kernel/copy.ko"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"module")
+    capsys.readouterr()
+    build(options(tree))
+    assert "packages are up to date" in capsys.readouterr().out
+
+
+def test_a_rebuilt_module_is_packaged_again(tree, capsys):
+    first = build(options(tree))
+    module = first.build_dir.obj / "drivers/x/x.ko"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(b"module")
+    (first.build_dir.obj / "modules.order").write_text("drivers/x/x.o\n")
+    capsys.readouterr()
+    build(options(tree))
+    assert "packages are up to date" not in capsys.readouterr().out
+
+
+def test_the_build_writes_nothing_into_the_tree(tree):
+    """merge_config.sh makes its temporary files in its working directory."""
+    before = snapshot(tree)
+    for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
+        directory.chmod(0o555)
+    try:
+        build(options(tree))
+    finally:
+        for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
+            directory.chmod(0o755)
+    assert snapshot(tree) == before
 
 
 def test_template_edit_recompiles_only_the_syscall_s_object(tree, tmp_path, monkeypatch):
@@ -234,3 +332,24 @@ def test_make_runs_with_the_sbin_dirs_on_its_path(tree, capsys, monkeypatch):
     build(options(tree, dry_run=True))
     packaging = [line for line in capsys.readouterr().out.splitlines() if "bindeb-pkg" in line]
     assert packaging and "PATH=/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin" in packaging[0]
+
+
+def test_progress_lines_give_the_rate_and_the_time_left():
+    import io
+
+    from memuse_kit.building.progress import BuildProgress
+
+    now = [100.0]
+    out = io.StringIO()
+    progress = BuildProgress("build", 400, out=out, interval=30, clock=lambda: now[0])
+    for step in range(100):
+        now[0] = 100.0 + (step + 1) * 0.5  # two objects a second
+        progress.feed(f"  CC      kernel/o{step}.o\n")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "build: 15% (60 objects, 2.0/s, about 2m50s left), 0m30s"
+    assert progress.eta() == pytest.approx(150.0)
+    for _ in range(400):  # the estimate was short: no time left is claimed
+        progress.feed("  CC      kernel/more.o\n")
+    assert progress.eta() is None
+    progress.close(True)
+    assert out.getvalue().splitlines()[-1] == "build: done (500 objects compiled, 10.0/s), 0m50s"

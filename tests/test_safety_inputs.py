@@ -307,6 +307,17 @@ ROWS = [
         "does not exist",
     ),
     Row("build-empty-tree", lambda w: ["build", "--dry-run", "--tree", ""], "--tree is empty"),
+    Row(
+        "build-distcc-empty",
+        lambda w: ["build", "--dry-run", "--tree", T(w), "--distcc", " "],
+        "--distcc is empty",
+    ),
+    Row("build-distcc-ssh", lambda w: ["build", "--dry-run", "--distcc", "me@box"], "ssh hosts"),
+    Row(
+        "build-distcc-and-icecream",
+        lambda w: ["build", "--dry-run", "--distcc", "box/2", "--icecream"],
+        "not both",
+    ),
     Row("build-bad-source", lambda w: ["build", "--dry-run", "--source", "x:1"], "unknown source"),
     Row(
         "build-damaged-state",

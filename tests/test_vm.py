@@ -14,6 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -23,6 +24,8 @@ from memuse_kit.building import artifacts, kconfig
 from memuse_kit.building.build import BuildOptions, build
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.pipeline import ensure_patched
+from memuse_kit.building.progress import is_compile_step
+from memuse_kit.core.cache import cache_root
 from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
 from tests import deb_support
@@ -286,3 +289,44 @@ def test_invoke_vm_returns_the_command_status(vm_kernel):
     console = (bd.root / "vm.log").read_text().splitlines()  # this boot's, kept by invoke vm
     reports = [line for line in console if _KERNEL_LINE.match(line) and is_report(line)]
     assert not reports, "the kernel log of the boot has reports:\n" + "\n".join(reports[:40])
+
+
+def _timed(cmd: List[str], cwd: Path) -> Tuple[float, str]:
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
+    return time.monotonic() - start, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("vm_kernel", ["debian:7.2"], indirect=True)
+def test_a_no_op_build_costs_at_most_1_1x_a_bare_make(vm_kernel, measured):
+    """Issue 12: `invoke build` with nothing to do costs at most 1.1x the bare no-op make it
+    runs (the same command line and environment, read from its build.log): the patch check,
+    preflight, configuration and packaging check around make cost at most a tenth of it.
+    Best of two runs of each, alternating."""
+    spec, tree, bd = vm_kernel
+    current = cache_root() / "current.json"
+    remembered = current.read_bytes() if current.is_file() else None
+    invoke = [sys.executable, "-m", "invoke", "build", "--tree", str(tree), "--config", "vm-debug"]
+    try:
+        _, first = _timed(invoke, REPO)  # writes the configuration digest if it was not there
+        assert "nothing to compile" in first, first[-2000:]
+        make_line = next(
+            line[2:] for line in bd.log.read_text().splitlines() if line.startswith("$ ")
+        )
+        runs: Dict[str, List[float]] = {"make": [], "invoke": []}
+        for _ in range(2):
+            seconds, out = _timed(["bash", "-c", make_line], REPO)
+            assert not [line for line in out.splitlines() if is_compile_step(line)], out
+            runs["make"].append(seconds)
+            seconds, out = _timed(invoke, REPO)
+            assert "nothing to compile" in out and "packages are up to date" in out, out
+            runs["invoke"].append(seconds)
+    finally:
+        if remembered is not None:
+            current.write_bytes(remembered)
+    ratio = min(runs["invoke"]) / min(runs["make"])
+    measured.append(
+        f"{spec} vm-debug no-op: invoke build {min(runs['invoke']):.1f} s, bare make "
+        f"{min(runs['make']):.1f} s: {ratio:.2f}x (runs {runs})"
+    )
+    assert ratio <= 1.1, runs

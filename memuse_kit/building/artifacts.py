@@ -48,13 +48,27 @@ def image_package(bd: BuildDir, release: str) -> Optional[Path]:
     return matches[0] if matches else None
 
 
+def built_modules(bd: BuildDir) -> List[Path]:
+    """The modules make built, from its modules.order (.o since 6.2, .ko before): a walk of
+    obj/ would cost a no-op build half a second and find copies that are not the build's,
+    such as the ones virtme-ng puts in obj/.virtme_mods."""
+    order = bd.obj / "modules.order"
+    lines = order.read_text().split() if order.is_file() else []
+    return [
+        bd.obj / (line[: -len(".o")] + ".ko" if line.endswith(".o") else line) for line in lines
+    ]
+
+
 def packages_up_to_date(bd: BuildDir, release: str) -> bool:
-    """True when the image package is newer than the kernel image and every module."""
+    """True when the image package is newer than the kernel image, its configuration and
+    every module; a module that is missing means the packages cannot be judged current."""
     deb = image_package(bd, release)
-    if deb is None or not bd.image().is_file():
+    inputs = [bd.image(), bd.obj / ".config", *built_modules(bd)]
+    try:
+        newest = max(path.stat().st_mtime_ns for path in inputs)
+    except OSError:
         return False
-    newest = max([bd.image().stat().st_mtime, *(k.stat().st_mtime for k in bd.obj.rglob("*.ko"))])
-    return deb.stat().st_mtime >= newest
+    return deb is not None and deb.stat().st_mtime_ns >= newest
 
 
 def verify_sums(bd: BuildDir) -> Dict[str, bool]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
-from memuse_kit.building import artifacts, compiler, kconfig, mounts, preflight
+from memuse_kit.building import artifacts, compiler, distributed, kconfig, mounts, preflight
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
@@ -33,7 +33,7 @@ class BuildOptions:
     debug_info: bool = False
     reconfigure: bool = False
     keep_config: bool = False
-    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    jobs: Optional[int] = None  # default: the helpers' slots when distributing, else the CPUs
     dry_run: bool = False
     use_ccache: bool = True
     source: Optional[dict] = None
@@ -42,6 +42,8 @@ class BuildOptions:
     localmodconfig: bool = False
     lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
     packages: bool = True  # False: compile and link only, for invoke vm (bindeb-pkg skipped)
+    distcc: Optional[str] = None  # distcc's host list: compile the objects on those helpers
+    icecream: bool = False  # compile the objects on the helpers of icecream's scheduler
 
     @property
     def label(self) -> str:
@@ -63,7 +65,7 @@ def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
     return ["make", f"O={bd.obj}", f"-j{jobs}", *cc.make_args()]
 
 
-def _env(cc: compiler.Compiler, tree: Path) -> dict:
+def _env(cc: compiler.Compiler, tree: Path, extra: Optional[Dict[str, str]] = None) -> dict:
     # A fixed build number and a timestamp that moves only when the kit's edits do keep
     # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
     stamp = patcher.patched_at(tree)
@@ -79,6 +81,7 @@ def _env(cc: compiler.Compiler, tree: Path) -> dict:
         env["PATH"] = path  # modules_install runs depmod, which is in /usr/sbin
     if cc.ccache:
         env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(ccache_dir()))
+    env.update(extra or {})
     return env
 
 
@@ -114,6 +117,10 @@ class Builder:
         self.previous = _previous_record(self.bd)
         self.writer = RecordWriter(self.bd, dry_run=options.dry_run)
         self.cc: Optional[compiler.Compiler] = None
+        self.farm: Optional[distributed.Farm] = None
+        self.jobs = options.jobs or os.cpu_count() or 1
+        self.fell_back = 0
+        self.config_request: Optional[kconfig.ConfigRequest] = None
 
     def _precondition(self, check: Callable[[], object]) -> None:
         """A check that stops a real build; a dry run notes it and goes on with the plan."""
@@ -140,6 +147,8 @@ class Builder:
         if self.options.localmodconfig and self.options.lsmod is None:
             self._precondition(mounts.check_boot_mounts)
         self.cc = self._compiler()
+        self.farm = self._farm(self.cc)
+        self.cc = distributed.with_engine(self.cc, self.farm)
         numbers = patcher.recorded_syscalls(self.tree)
         if not numbers and self.options.dry_run:
             numbers = dict(self.options.planned_syscalls)
@@ -154,6 +163,7 @@ class Builder:
         say(
             f"building Linux {self.kernel} ({patcher.describe_numbers(numbers)}) with "
             f"{self.cc.command} {self.cc.version}{with_ccache}, config {self.options.config}"
+            f"{self._farm_note()}"
         )
         self.writer.update(
             kernel_version=str(self.kernel),
@@ -172,8 +182,41 @@ class Builder:
                 "ccache": bool(self.cc.ccache),
             },
             pahole=".".join(map(str, pahole)) if pahole else None,
+            distributed=self.farm.record(self.jobs) if self.farm else None,
             debug_info=self.options.debug_info,
             log=str(self.bd.log),
+        )
+
+    def _farm(self, cc: compiler.Compiler) -> Optional[distributed.Farm]:
+        """The helpers --distcc or --icecream name, each checked with a test compile."""
+        farm = None
+        if self.options.distcc is not None:
+            farm = distributed.parse_distcc_hosts(self.options.distcc)
+        elif self.options.icecream:
+            try:
+                farm = distributed.icecream_farm(distributed.scheduler_address())
+            except KitError as error:
+                if not self.options.dry_run:
+                    raise
+                report(f"# a real build would stop here: {error}")
+                return None
+        if farm is None:
+            return None
+        if self.options.jobs is None:
+            self.jobs = farm.jobs()
+        if self.options.dry_run:
+            report(f"# preflight: a real build first test-compiles on each {farm.engine} helper")
+        else:
+            preflight.check_helpers(farm, cc)
+        return farm
+
+    def _farm_note(self) -> str:
+        if self.farm is None:
+            return ""
+        helpers = len(self.farm.helpers)
+        return (
+            f", distributed by {self.farm.engine} to {helpers} helper{'s' * (helpers != 1)} "
+            f"(make -j{self.jobs})"
         )
 
     def configure(self) -> None:
@@ -198,6 +241,15 @@ class Builder:
             btf_ok=self.btf_ok,
             lsmod=lsmod,
         )
+        inputs = kconfig.inputs_digest(request)
+        self.writer.record.config["inputs_sha256"] = inputs
+        if not self.options.reconfigure and kconfig.is_current(
+            self.bd.obj, inputs, self.previous.config
+        ):
+            if self.runner.dry_run:
+                report("# configure: nothing to do, the configuration's inputs are unchanged")
+            return
+        self.config_request = request  # generated now: its digest is taken again after make
         candidate = kconfig.generate(request, self.runner)
         if self.runner.dry_run:
             return
@@ -228,13 +280,18 @@ class Builder:
         assert self.cc is not None
         estimate = 1 if self.runner.dry_run else _estimate(self.bd, self.previous)
         progress = BuildProgress("build", estimate)
-        status = self._stream([*_make(self.bd, self.cc, self.options.jobs)], progress)
+        status = self._stream([*_make(self.bd, self.cc, self.jobs)], progress, self._count_fallback)
         self.writer.update(objects_compiled=progress.steps)
+        self._record_fallbacks()
         if progress.steps > estimate // 2:
             self.writer.update(objects_total=progress.steps)
         else:
             self.writer.update(objects_total=self.previous.objects_total)
         self._check(status, progress, "compiling the kernel")
+        if self.config_request is not None and not self.runner.dry_run:
+            # make's syncconfig has now written the list of Kconfig files the digest reads
+            digest = kconfig.inputs_digest(self.config_request)
+            self.writer.record.config["inputs_sha256"] = digest
         return progress.steps
 
     def package(self) -> List[Path]:
@@ -246,7 +303,7 @@ class Builder:
         for stale in [] if self.runner.dry_run else self.bd.root.glob("*.deb"):
             stale.unlink()
         cmd = [
-            *_make(self.bd, self.cc, self.options.jobs),
+            *_make(self.bd, self.cc, self.jobs),
             f"KDEB_PKGVERSION={_pkg_version(self.kernel)}",
         ]
         progress = BuildProgress("package", 1)
@@ -254,16 +311,42 @@ class Builder:
         self._check(status, progress, "packaging (bindeb-pkg)")
         return artifacts.collect(self.bd)
 
-    def _stream(self, cmd: List[str], progress: BuildProgress) -> int:
+    def _stream(
+        self, cmd: List[str], progress: BuildProgress, *sinks: Callable[[str], None]
+    ) -> int:
         assert self.cc is not None
+        env = _env(self.cc, self.tree, self._engine_environment())
         if self.runner.dry_run:
-            return self.runner.stream(cmd, cwd=self.tree, env=_env(self.cc, self.tree))
+            return self.runner.stream(cmd, cwd=self.tree, env=env)
         with self.bd.log.open("a") as log:
             status = self.runner.stream(
-                cmd, cwd=self.tree, env=_env(self.cc, self.tree), sinks=[progress.feed], log=log
+                cmd, cwd=self.tree, env=env, sinks=[progress.feed, *sinks], log=log
             )
         progress.close(status == 0)
         return status
+
+    def _engine_environment(self) -> Dict[str, str]:
+        """DISTCC_HOSTS, and with ccache the CCACHE_PREFIX that keeps host programs here."""
+        assert self.cc is not None
+        prefix = self.bd.root / "ccache-prefix"
+        if self.farm is not None and self.cc.ccache and not self.runner.dry_run:
+            atomic.write_if_changed(prefix, distributed.PREFIX_SCRIPT.encode())
+            prefix.chmod(0o755)
+        return distributed.environment(self.cc, self.farm, prefix)
+
+    def _count_fallback(self, line: str) -> None:
+        if distributed.fell_back(line):
+            self.fell_back += 1
+
+    def _record_fallbacks(self) -> None:
+        if self.farm is None:
+            return
+        self.writer.update(distributed=self.farm.record(self.jobs, self.fell_back))
+        if self.fell_back:
+            warn(
+                f"{self.fell_back} objects were compiled on this machine after a helper failed "
+                f"(distcc's fallback; DISTCC_FALLBACK=0 fails the build instead): {self.bd.log}"
+            )
 
     def _announce(self, step: str) -> None:
         if self.runner.dry_run:
@@ -298,6 +381,8 @@ class Builder:
             with self.writer.phase("config"):
                 self._announce("configure")
                 self.configure()
+                if self.farm is not None and not self.runner.dry_run:
+                    preflight.check_distributable(self.bd.obj / ".config")
             with self.writer.phase("kernel"):
                 self._announce("compile")
                 compiled = self.compile()

@@ -35,10 +35,14 @@ class Compiler:
     command: str
     version: str
     ccache: Optional[str]
+    # distcc or icecc in front of CC; with ccache it goes in CCACHE_PREFIX instead, so that
+    # CC and HOSTCC read as in a local build (building/distributed.py)
+    launcher: Optional[str] = None
 
     def make_args(self) -> Sequence[str]:
-        cc = f"{self.ccache} {self.command}" if self.ccache else self.command
-        return (f"CC={cc}", f"HOSTCC={cc}")
+        host = f"{self.ccache} {self.command}" if self.ccache else self.command
+        cc = f"{self.launcher} {self.command}" if self.launcher and not self.ccache else host
+        return (f"CC={cc}", f"HOSTCC={host}")
 
 
 def rule_for(kernel: KernelVersion) -> CompilerRule:

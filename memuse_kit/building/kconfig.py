@@ -7,11 +7,12 @@ triggers a rebuild, and a .config the user edited is never overwritten silently.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.core import atomic
@@ -176,7 +177,8 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     if request.fragments:
         merge = [str(tree / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj)]
         merge += [str(candidate), *map(str, request.fragments)]
-        runner.run(merge, cwd=tree, env={"KCONFIG_CONFIG": str(candidate)})
+        # merge_config.sh makes its temporary files in its working directory: never the tree
+        runner.run(merge, cwd=obj, env={"KCONFIG_CONFIG": str(candidate)})
     edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
     current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
     edits += cmdline_args(current)
@@ -185,6 +187,81 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     if not runner.dry_run:
         _warn_unmet(candidate, request.fragments)
     return candidate
+
+
+def _kconfig_files(obj: Path) -> Optional[List[str]]:
+    """The Kconfig files the last configuration read (relative to the tree), from the list
+    kconfig itself keeps for make; None when there is no configuration yet."""
+    listing = obj / "include/config/auto.conf.cmd"
+    try:
+        text = listing.read_text()
+    except OSError:
+        return None
+    files, in_list = [], False
+    for line in text.splitlines():
+        if line.startswith("deps_config :="):
+            in_list = True
+        elif in_list and line.startswith("\t"):
+            files.append(line.strip().rstrip("\\").strip())
+        elif in_list:
+            break
+    return files or None
+
+
+def _feed(digest: hashlib._Hash, label: str, data: bytes) -> None:
+    digest.update(f"{label} {len(data)}\n".encode())
+    digest.update(data)
+
+
+def _stat_line(path: Path) -> bytes:
+    try:
+        info = path.stat()
+    except OSError:
+        return b"missing"
+    return f"{info.st_mtime_ns} {info.st_size}".encode()
+
+
+def inputs_digest(request: ConfigRequest) -> Optional[str]:
+    """A digest of everything generate() reads, so an unchanged configuration is not
+    generated again (that cost a no-op build 6 s of its 14). None when it cannot be known.
+
+    Kconfig files are taken by size and mtime from the list kconfig keeps; this module's own
+    source stands for the recipe (the sanitizing, the fragments' order), so a new
+    memuse-kit configures once more rather than keep a configuration made another way.
+    """
+    kconfig_files = _kconfig_files(request.obj)
+    if kconfig_files is None:
+        return None
+    digest = hashlib.sha256()
+    _feed(digest, "recipe", Path(__file__).read_bytes())
+    _feed(digest, "kernel", str(request.kernel).encode())
+    make_args = [*request.compiler.make_args(), request.compiler.version]
+    _feed(digest, "compiler", "\0".join(make_args).encode())
+    _feed(digest, "options", f"{request.debug_info} {request.btf_ok}".encode())
+    _feed(digest, "base", _base_identity(request))
+    for path in [*request.fragments, *([request.lsmod] if request.lsmod else [])]:
+        _feed(digest, str(path), path.read_bytes())
+    _feed(digest, "auto.conf.cmd", (request.obj / "include/config/auto.conf.cmd").read_bytes())
+    for name in kconfig_files:
+        _feed(digest, name, _stat_line(request.tree / name))
+    return digest.hexdigest()
+
+
+def _base_identity(request: ConfigRequest) -> bytes:
+    base = request.profile.base
+    if base == "defconfig":
+        defconfigs = sorted((request.tree / "arch/x86/configs").glob("*defconfig"))
+        return b"\n".join(str(p).encode() + b" " + _stat_line(p) for p in defconfigs)
+    source = running_config_path() if base == "running" else Path(base)
+    return source.read_bytes() if source.is_file() else b"missing"
+
+
+def is_current(obj: Path, digest: Optional[str], recorded: Dict[str, Any]) -> bool:
+    """True when obj/.config is the one generated last from these very inputs."""
+    if digest is None or recorded.get("inputs_sha256") != digest:
+        return False
+    config = obj / ".config"
+    return config.is_file() and sha256_file(config) == recorded.get("sha256")
 
 
 def _warn_unmet(candidate: Path, fragments: Sequence[Path]) -> None:

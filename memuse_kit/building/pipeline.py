@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from memuse_kit.building import kconfig, preflight
+from memuse_kit.building import distributed, kconfig, preflight
 from memuse_kit.building.build import BuildOptions, BuildResult, build
 from memuse_kit.core.cache import builds_dir, trees_dir
+from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import report
 from memuse_kit.patching import patcher
 from memuse_kit.patching.patch_step import clean_before_run
@@ -43,6 +44,7 @@ def build_chain(
     **flags: object,
 ) -> Optional[BuildResult]:
     dry_run = bool(flags.get("dry_run"))
+    check_engine_options(flags.get("distcc"), bool(flags.get("icecream")))
     if not dry_run:
         # what stops the build anyway stops it before anything is fetched or patched
         preflight.check_not_root()
@@ -59,6 +61,14 @@ def build_chain(
     options.source = source_record(root)
     options.planned_syscalls = plan.numbers
     return build(options)
+
+
+def check_engine_options(distcc: object, icecream: bool) -> None:
+    """--distcc and --icecream are checked before anything is fetched or patched."""
+    if distcc is not None and icecream:
+        raise KitError("give --distcc or --icecream, not both")
+    if distcc is not None:
+        distributed.parse_distcc_hosts(str(distcc))
 
 
 def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:

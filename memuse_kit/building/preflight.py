@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from memuse_kit.building import distributed
+from memuse_kit.building.compiler import Compiler
+from memuse_kit.building.kconfig import parse_options
 from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import problem
 from memuse_kit.core.runner import Runner
 from memuse_kit.trees.kernel_version import KernelVersion
 
@@ -124,3 +128,42 @@ def btf_suits(kernel: KernelVersion, pahole: Optional[Tuple[int, int]]) -> Tuple
     if not kernel.at_least(5, 19) and pahole >= (1, 24):
         return False, f"pahole {pahole[0]}.{pahole[1]} is too new for Linux {kernel}"
     return True, f"pahole {pahole[0]}.{pahole[1]}"
+
+
+# Options whose objects a helper cannot compile as this machine would: GCC plugins are
+# shared objects built here and loaded by the compiler (-fplugin=<obj>/scripts/gcc-plugins/...)
+UNDISTRIBUTABLE = {
+    "CONFIG_GCC_PLUGINS": "GCC plugins are built here and loaded by the compiler, which a "
+    "helper cannot do",
+}
+
+
+def report(problems: Sequence[str], what: str) -> None:
+    """Each problem on its own line; more than one end in a line that counts them."""
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise KitError(problems[0])
+    for line in problems:
+        problem(f"memuse-kit: preflight: {line}")
+    raise KitError(f"{len(problems)} problems with {what} (above); nothing was built")
+
+
+def check_helpers(farm: distributed.Farm, cc: Compiler) -> None:
+    """Each helper compiles a test file with its fallback off; the compiler's identity in
+    the object must be this machine's, the one the tree needs (compiler.pick)."""
+    report(distributed.probe_problems(farm, cc), f"the {farm.engine} helpers")
+
+
+def undistributable(config_text: str) -> List[str]:
+    options = parse_options(config_text)
+    return [
+        f"{name}=y in the configuration: {why}; build it here (without --distcc or "
+        f"--icecream) or turn {name} off in a fragment"
+        for name, why in UNDISTRIBUTABLE.items()
+        if options.get(name) == "y"
+    ]
+
+
+def check_distributable(config: Path) -> None:
+    report(undistributable(config.read_text()), "distributing this configuration")

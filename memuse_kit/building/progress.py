@@ -68,13 +68,35 @@ class BuildProgress:
         now = self.clock()
         if now - self.last_report >= self.interval:
             self.last_report = now
-            self._line(f"{self.percent()}% ({self.steps} objects)")
+            self._line(f"{self.percent()}% ({self.steps} objects{self._pace()})")
+
+    def rate(self) -> float:
+        """Objects per second since make started."""
+        elapsed = self.clock() - self.started
+        return self.steps / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> Optional[float]:
+        """Seconds left at the rate so far; None once the estimate is used up (it was short)."""
+        left = self.estimate - self.steps
+        rate = self.rate()
+        return left / rate if left > 0 and rate > 0 else None
+
+    def _pace(self) -> str:
+        eta = self.eta()
+        remaining = f", about {_minutes(eta)} left" if eta is not None else ""
+        return f", {self.rate():.1f}/s{remaining}"
 
     def _line(self, text: str) -> None:
-        elapsed = int(self.clock() - self.started)
-        output.progress(f"{self.label}: {text}, {elapsed // 60}m{elapsed % 60:02d}s", self.out)
+        elapsed = self.clock() - self.started
+        output.progress(f"{self.label}: {text}, {_minutes(elapsed)}", self.out)
 
     def close(self, ok: bool) -> None:
         if self.bar is not None:
             self.bar.close()
-        self._line(f"{'done' if ok else 'FAILED'} ({self.steps} objects compiled)")
+        rate = f", {self.rate():.1f}/s" if self.steps else ""
+        self._line(f"{'done' if ok else 'FAILED'} ({self.steps} objects compiled{rate})")
+
+
+def _minutes(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 60}m{whole % 60:02d}s"
