@@ -248,6 +248,27 @@ def test_no_packages_dry_run_plans_no_packaging(tree, capsys):
     assert "# package: skipped (--no-packages)" in out and "bindeb-pkg" not in out
 
 
+def test_the_edit_loop_configures_nothing_and_packages_nothing(
+    tree, tmp_path, monkeypatch, generations
+):
+    """invoke patch build --no-packages vm after a template edit: one object and the link;
+    the configuration's inputs did not change, so it is not generated again."""
+    build(options(tree, packages=False))
+    assert len(generations) == 1
+    copy = tmp_path / "templates"
+    shutil.copytree(templates.TEMPLATES_DIR, copy)
+    monkeypatch.setattr(templates, "TEMPLATES_DIR", copy)
+    body = copy / "syscalls/memuse/impl.c.j2"
+    body.write_text(body.read_text().replace("return -EINVAL;", "return -EINVAL; /* v2 */"))
+    patcher.apply_plan(patcher.plan_patch(tree))
+    result = build(options(tree, packages=False))
+    assert len(generations) == 1
+    assert result.compiled == 1 and result.packages == []
+    assert b"/* v2 */" in result.build_dir.image().read_bytes()
+    assert "bindeb-pkg" not in result.build_dir.log.read_text()
+    assert metadata(tree)["packaged"] is False
+
+
 def test_failed_build_keeps_metadata_and_names_the_log(tree, monkeypatch, capsys):
     monkeypatch.setenv("FAIL_BUILD", "1")
     with pytest.raises(KitError, match=r"compiling the kernel failed .*build\.log"):
