@@ -351,20 +351,18 @@ class IcecreamFarm:
         stop(self.processes[2], signal.SIGKILL)
 
     def jobs_on(self, server: str) -> List[str]:
-        """Source files the scheduler gave to server, by file name, without kbuild's
-        compiler tests (cc-option and the like compile /dev/null with -D__KERNEL__, so the
-        prefix script hands them on, and icecream distributes them)."""
+        """Source files the scheduler gave to server, by file name. kbuild's compiler tests
+        (cc-option and the like, of /dev/null) are not among them: the prefix script keeps
+        them here; were they sent, they would be named "null"."""
         text = (self.work / "scheduler.log").read_text(errors="replace")
         files = {m.group(1): Path(m.group(2)).name for m in _ICECC_NEW.finditer(text)}
-        jobs = [
+        return [
             files.get(m.group(1), "?") for m in _ICECC_BEGIN.finditer(text) if m.group(2) == server
         ]
-        return [name for name in jobs if name != "null"]  # kbuild's compiler tests of /dev/null
 
     def compiled_here(self) -> List[str]:
-        """Source files icecc compiled on this machine, by file name, from its log: kbuild's
-        compiler tests of /dev/null left out (icecream recompiles here every compile that
-        fails, and those tests are meant to fail)."""
+        """Source files icecc compiled on this machine, by file name, from its log ("?" for a
+        compile whose source the log does not name)."""
         source: Dict[str, str] = {}
         local: Set[str] = set()
         for line in self.client_log().splitlines():
@@ -377,9 +375,7 @@ class IcecreamFarm:
                 source[pid] = preparing.group(1)
             elif message.startswith(("<building_local>", "building myself")):
                 local.add(pid)
-        return sorted(
-            Path(source[pid]).name for pid in local if source.get(pid, "/dev/null") != "/dev/null"
-        )
+        return sorted(Path(source.get(pid, "?")).name for pid in local)
 
     def client_log(self) -> str:
         path = self.work / "icecc.log"

@@ -118,6 +118,29 @@ def test_ccache_hands_kernel_objects_to_the_engine_and_keeps_host_programs(prefi
     assert len(calls.read_text().splitlines()) == 1  # ccache had it: the engine is not asked
 
 
+@pytest.mark.skipif(not shutil.which("ccache"), reason="needs ccache")
+def test_kbuild_s_compiler_tests_stay_here(prefix_script, tmp_path):
+    """cc-option and the like compile /dev/null (as-instr: standard input) with the kernel's
+    flags, -D__KERNEL__ among them: a few dozen each time make reads the Makefiles, run one
+    by one. Sent to icecream they cost a round trip each, and a failing one, as most are
+    meant to be, is compiled again here."""
+    script, engine, calls = prefix_script
+    env = {
+        **os.environ,
+        "CCACHE_DIR": str(tmp_path / "ccache"),
+        "CCACHE_PREFIX": f"{script} {engine}",
+    }
+    flags = ["ccache", "gcc", "-Werror", "-D__KERNEL__"]
+    cc_option = [*flags, "-fno-PIE", "-x", "c", "-c", "/dev/null", "-o", "cc-option.o"]
+    subprocess.run(cc_option, cwd=tmp_path, env=env, check=True)
+    failing = [*flags, "-fno-such-option", "-x", "c", "-c", "/dev/null", "-o", "failing.o"]
+    assert subprocess.run(failing, cwd=tmp_path, env=env, capture_output=True).returncode != 0
+    as_instr = [*flags, "-x", "assembler", "-c", "-", "-o", "as-instr.o"]
+    subprocess.run(as_instr, cwd=tmp_path, env=env, input=b"nop\n", check=True)
+    assert (tmp_path / "cc-option.o").is_file() and (tmp_path / "as-instr.o").is_file()
+    assert not calls.exists(), calls.read_text()
+
+
 @pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
 def test_the_compiler_proper_s_identity_is_read_from_the_object(tmp_path):
     (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")

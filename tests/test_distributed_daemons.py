@@ -186,6 +186,8 @@ def test_icecream_compiles_every_object_on_the_helper_and_this_machine_takes_ove
         assert sorted(ice.jobs_on(ice.HELPER)[probes:]) == kernel.sources(), ice.logs_tail()
         # icecream cannot be told not to fall back; its log says whether it did
         assert ice.compiled_here() == []
+        # and kbuild's compiler tests of /dev/null never reached icecc (the prefix script)
+        assert "preparing /dev/null" not in ice.client_log()
         assert ice.client_log().count("Have to use host 127.0.0.1") >= len(kernel.sources())
         assert kernel.differing() == []
 

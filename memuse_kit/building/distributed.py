@@ -48,17 +48,27 @@ _DISTCC_FELL_BACK = re.compile(r"^distcc\[\d+\] .*(running locally instead|retry
 
 # CCACHE_PREFIX for ccache in front of an engine: kbuild compiles every kernel object with
 # -D__KERNEL__ and no host program with it, so HOSTCC's "ccache gcc" stays on this machine.
+# kbuild's compiler tests (cc-option, cc-disable-warning and the like, some forty each time
+# make reads the Makefiles) carry -D__KERNEL__ too, but compile /dev/null or standard input:
+# they stay here as well. icecream would send each to a helper, one at a time while make
+# parses, and compile again here every one that fails, as most are meant to.
 PREFIX_SCRIPT = """\
 #!/bin/sh
 # memuse-kit: ccache's prefix command. Kernel objects (-D__KERNEL__) go to the engine named
-# first; host programs (HOSTCC) are compiled on this machine.
+# first; host programs (HOSTCC) and kbuild's compiler tests (of /dev/null or standard
+# input) are compiled on this machine.
 engine=$1
 shift
+kernel=
 for arg in "$@"; do
-    if [ "$arg" = -D__KERNEL__ ]; then
-        exec "$engine" "$@"
-    fi
+    case $arg in
+        -D__KERNEL__) kernel=1 ;;
+        /dev/null | -) exec "$@" ;;
+    esac
 done
+if [ -n "$kernel" ]; then
+    exec "$engine" "$@"
+fi
 exec "$@"
 """
 
