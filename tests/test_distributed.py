@@ -80,9 +80,11 @@ def test_with_ccache_cc_and_hostcc_read_as_in_a_local_build():
 
 def test_without_ccache_the_engine_goes_in_front_of_cc_and_hostcc_stays_local():
     farm = distributed.parse_distcc_hosts("box/4")
-    cc = distributed.with_engine(Compiler("gcc", "12.2.0", None), farm)
-    assert cc.make_args() == ("CC=distcc gcc", "HOSTCC=gcc")
+    cc = distributed.with_engine(Compiler("gcc", "12.2.0", None), farm, Path("/b/p"))
+    assert cc.make_args() == ("CC=/b/p distcc gcc", "HOSTCC=gcc")  # behind the prefix script
     assert distributed.environment(cc, farm, Path("/b/p")) == {"DISTCC_HOSTS": "box/4"}
+    bare = distributed.with_engine(Compiler("gcc", "12.2.0", None), farm)
+    assert bare.make_args() == ("CC=distcc gcc", "HOSTCC=gcc")
 
 
 @pytest.fixture
@@ -139,6 +141,20 @@ def test_kbuild_s_compiler_tests_stay_here(prefix_script, tmp_path):
     subprocess.run(as_instr, cwd=tmp_path, env=env, input=b"nop\n", check=True)
     assert (tmp_path / "cc-option.o").is_file() and (tmp_path / "as-instr.o").is_file()
     assert not calls.exists(), calls.read_text()
+
+
+@pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
+def test_without_ccache_the_script_in_front_of_cc_keeps_compiler_tests_here(
+    prefix_script, tmp_path
+):
+    script, engine, calls = prefix_script
+    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
+    cc = [str(script), str(engine), "gcc", "-D__KERNEL__"]  # CC='PREFIX ENGINE gcc'
+    subprocess.run([*cc, "-c", "x.c", "-o", "x.o"], cwd=tmp_path, check=True)
+    subprocess.run([*cc, "-x", "c", "-c", "/dev/null", "-o", "t.o"], cwd=tmp_path, check=True)
+    lines = calls.read_text().splitlines()
+    assert lines == ["gcc -D__KERNEL__ -c x.c -o x.o"]
+    assert (tmp_path / "x.o").is_file() and (tmp_path / "t.o").is_file()
 
 
 @pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
@@ -329,6 +345,15 @@ def test_with_ccache_the_prefix_is_written_once_and_named_in_ccache_prefix(tree,
     build(BuildOptions(tree=tree, config="vm", distcc="box/2"))
     assert script.stat().st_mtime_ns == stamp
     assert f"CCACHE_PREFIX='{script} distcc'" in first.build_dir.log.read_text()
+
+
+def test_without_ccache_cc_reaches_the_engine_through_the_prefix_script(tree, probed):
+    result = build(BuildOptions(tree=tree, config="vm", distcc="box/2", use_ccache=False))
+    script = result.build_dir.root / "ccache-prefix"
+    assert script.read_text() == distributed.PREFIX_SCRIPT and os.access(script, os.X_OK)
+    log = result.build_dir.log.read_text()
+    make = next(line for line in log.splitlines() if line.startswith("$ ") and " -j" in line)
+    assert f"'CC={script} distcc gcc' HOSTCC=gcc" in make and "CCACHE_PREFIX" not in make
 
 
 def test_a_local_build_records_no_engine(tree):

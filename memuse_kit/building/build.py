@@ -118,6 +118,7 @@ class Builder:
         self.writer = RecordWriter(self.bd, dry_run=options.dry_run)
         self.cc: Optional[compiler.Compiler] = None
         self.farm: Optional[distributed.Farm] = None
+        self.prefix_script = self.bd.root / "ccache-prefix"  # the engine's gate (distributed.py)
         self.jobs = options.jobs or os.cpu_count() or 1
         self.fell_back = 0
         self.config_request: Optional[kconfig.ConfigRequest] = None
@@ -148,7 +149,7 @@ class Builder:
             self._precondition(mounts.check_boot_mounts)
         self.cc = self._compiler()
         self.farm = self._farm(self.cc)
-        self.cc = distributed.with_engine(self.cc, self.farm)
+        self.cc = distributed.with_engine(self.cc, self.farm, self.prefix_script)
         numbers = patcher.recorded_syscalls(self.tree)
         if not numbers and self.options.dry_run:
             numbers = dict(self.options.planned_syscalls)
@@ -326,10 +327,11 @@ class Builder:
         return status
 
     def _engine_environment(self) -> Dict[str, str]:
-        """DISTCC_HOSTS, and with ccache the CCACHE_PREFIX that keeps host programs here."""
+        """DISTCC_HOSTS, and with ccache the CCACHE_PREFIX that keeps host programs here; the
+        prefix script is written for either way of reaching the engine (with_engine)."""
         assert self.cc is not None
-        prefix = self.bd.root / "ccache-prefix"
-        if self.farm is not None and self.cc.ccache and not self.runner.dry_run:
+        prefix = self.prefix_script
+        if self.farm is not None and not self.runner.dry_run:
             atomic.write_if_changed(prefix, distributed.PREFIX_SCRIPT.encode())
             prefix.chmod(0o755)
         return distributed.environment(self.cc, self.farm, prefix)

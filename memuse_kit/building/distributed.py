@@ -46,8 +46,9 @@ _ICECC_NODE = re.compile(
 # distcc tells when a job it could not send compiled here instead (its default fallback)
 _DISTCC_FELL_BACK = re.compile(r"^distcc\[\d+\] .*(running locally instead|retrying locally)")
 
-# CCACHE_PREFIX for ccache in front of an engine: kbuild compiles every kernel object with
-# -D__KERNEL__ and no host program with it, so HOSTCC's "ccache gcc" stays on this machine.
+# CCACHE_PREFIX for ccache in front of an engine (without ccache, the first word of CC): kbuild
+# compiles every kernel object with -D__KERNEL__ and no host program with it, so HOSTCC's
+# "ccache gcc" stays on this machine.
 # kbuild's compiler tests (cc-option, cc-disable-warning and the like, some forty each time
 # make reads the Makefiles) carry -D__KERNEL__ too, but compile /dev/null or standard input:
 # they stay here as well. icecream would send each to a helper, one at a time while make
@@ -211,10 +212,16 @@ def _read_until(conn: socket.socket, marker: bytes) -> bytes:
     return data
 
 
-def with_engine(cc: Compiler, farm: Optional[Farm]) -> Compiler:
-    """The compiler as make is given it: the engine in front of CC when there is no ccache
-    (with ccache it goes in CCACHE_PREFIX, see environment)."""
-    return cc if farm is None else replace(cc, launcher=farm.client)
+def with_engine(
+    cc: Compiler, farm: Optional[Farm], prefix_script: Optional[Path] = None
+) -> Compiler:
+    """The compiler as make is given it. With ccache the engine goes in CCACHE_PREFIX (see
+    environment); without, in front of CC, behind the prefix script when one is given, which
+    keeps kbuild's compiler tests here as it does behind ccache."""
+    if farm is None:
+        return cc
+    launcher = farm.client if prefix_script is None else f"{prefix_script} {farm.client}"
+    return replace(cc, launcher=launcher)
 
 
 def environment(cc: Compiler, farm: Optional[Farm], prefix_script: Path) -> Dict[str, str]:
