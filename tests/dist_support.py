@@ -8,6 +8,13 @@ to the icecc user of that namespace for the jobs, as a system iceccd does. The d
 client talks to is a plain one with --no-remote, as on a developer's machine. On one machine
 every daemon is 127.0.0.1, which icecream takes for "this machine" and compiles itself unless
 ICECC_TEST_REMOTEBUILD is set: icecream's own test switch, set in the clients' environment.
+
+The helper stands in for another machine, so this machine's load must not be its load. An
+iceccd reports its CPUs' idle time (read from /proc/stat) to the scheduler, which gives no
+job to a daemon without any: with both cores busy with other work, the test's first job, the
+preflight probe, waited in the scheduler's queue for all of its 120 s and the test failed.
+In its own mount namespace the helper reads a still copy of /proc/stat, which iceccd takes
+for idle CPUs (no tick counted between two reads).
 """
 
 from __future__ import annotations
@@ -201,7 +208,9 @@ class Distccd:
 
 def user_namespaces_work() -> bool:
     result = subprocess.run(
-        ["unshare", "--map-auto", "--map-root-user", "true"], capture_output=True, check=False
+        ["unshare", "--map-auto", "--map-root-user", "--mount", "true"],
+        capture_output=True,
+        check=False,
     )
     return result.returncode == 0
 
@@ -295,10 +304,11 @@ class IcecreamFarm:
         setup = (
             f"mkdir {helper}/envs {helper}/run && touch {helper}/helper.log && "
             f"chown {user}: {helper}/envs {helper}/run {helper}/helper.log && "
+            f"cp /proc/stat {helper}/stat && mount --bind {helper}/stat /proc/stat && "
             f'LD_PRELOAD={shim} exec "$@"'  # iceccd's alone (the shim forgets it at once)
         )
         self._start(
-            ["unshare", "--map-auto", "--map-root-user", "sh", "-c", setup, "sh",
+            ["unshare", "--map-auto", "--map-root-user", "--mount", "sh", "-c", setup, "sh",
              "iceccd", "-p", str(self.helper_port), *common, "-N", self.HELPER,
              "-m", "2", "-b", f"{helper}/envs", "-l", f"{helper}/helper.log", "-vvv",
              "-u", user],
