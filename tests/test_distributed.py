@@ -179,6 +179,30 @@ def test_a_helper_nobody_listens_on_is_named_in_one_line():
     )
 
 
+@pytest.mark.skipif(
+    not (shutil.which("icecc") and shutil.which("gcc") and shutil.which("g++")),
+    reason="needs icecc, gcc and g++ (scripts/setup installs them)",
+)
+def test_an_icecream_helper_given_no_job_in_time_is_named_with_the_likely_reason(monkeypatch):
+    """The scheduler queues a job for a helper whose CPUs are all busy: the probe times out."""
+    real = distributed._compile
+
+    def icecc_waits(work, command, output, env):
+        if command[0] == "icecc":
+            return real(work, ["sh", "-c", "exit 124", "--"], output, env)  # a timeout's status
+        return real(work, command, output, env)
+
+    monkeypatch.setattr(distributed, "_compile", icecc_waits)
+    farm = distributed.Farm("icecream", (distributed.Helper("big", "192.0.2.20:10245", 8),))
+    with pytest.raises(KitError) as error:
+        preflight.check_helpers(farm, Compiler("gcc", "12", None))
+    assert str(error.value) == (
+        "icecream helper big (192.0.2.20:10245) was given no test compile in 120 s: icecream's "
+        "scheduler gives no job to a helper whose CPUs are all busy or whose slots are full; "
+        "try again when it is free, or build without --icecream"
+    )
+
+
 @pytest.mark.skipif(not shutil.which("distcc"), reason="needs distcc (scripts/setup installs it)")
 def test_several_problems_are_one_line_each(capsys):
     ports = [_free_port(), _free_port()]

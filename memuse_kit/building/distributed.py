@@ -32,6 +32,7 @@ ICECC_SCHEDULER_PORT = 8765  # its text interface, which lists the helpers, is t
 ICECC_CONF = Path("/etc/icecc/icecc.conf")
 PROBE_TIMEOUT = 120.0  # an icecream helper may first have to receive the compiler
 PROBE_SOURCE = "int memuse_kit_probe(void) { return 0; }\n"
+TIMED_OUT = 124  # a probe's status when it had no answer in PROBE_TIMEOUT (timeout(1)'s)
 
 # HOST[:PORT][/LIMIT][,lzo]: distcc's TCP host; HOST may be an IPv6 address in brackets
 _DISTCC_HOST = re.compile(
@@ -292,7 +293,9 @@ def _compile(
             cmd, cwd=work, env=env, check=False, mutates=False, timeout=PROBE_TIMEOUT
         )
     except CommandTimeout:
-        return subprocess.CompletedProcess(cmd, 124, "", f"no answer in {PROBE_TIMEOUT:.0f} s")
+        return subprocess.CompletedProcess(
+            cmd, TIMED_OUT, "", f"no answer in {PROBE_TIMEOUT:.0f} s"
+        )
 
 
 def _probe_distcc(work: Path, cc: Compiler, helper: Helper, want: str) -> Optional[str]:
@@ -319,6 +322,12 @@ def _probe_icecream(work: Path, cc: Compiler, helper: Helper, want: str) -> Opti
     env = {"ICECC_PREFERRED_HOST": helper.name, "ICECC_DEBUG": "debug", "ICECC_LOGFILE": str(log)}
     result = _compile(work, ["icecc", compiler_word(cc)], output, env)
     where = f"icecream helper {helper.name} ({helper.address})"
+    if result.returncode == TIMED_OUT:
+        return (
+            f"{where} was given no test compile in {PROBE_TIMEOUT:.0f} s: icecream's scheduler "
+            "gives no job to a helper whose CPUs are all busy or whose slots are full; try "
+            "again when it is free, or build without --icecream"
+        )
     if result.returncode != 0:
         return f"{where} did not compile a test file: {_why(result)}"
     text = log.read_text(errors="replace") if log.is_file() else ""
