@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from memuse_kit.building import artifacts, preflight
+from memuse_kit.building import artifacts, kconfig, preflight
 from memuse_kit.building.build import BuildOptions, build
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.errors import KitError
@@ -177,7 +177,7 @@ def test_an_edited_config_is_never_overwritten_silently(tree):
 def test_dry_run_prints_the_commands_and_builds_nothing(tree, capsys):
     build(options(tree, dry_run=True))
     out = capsys.readouterr().out
-    assert "make O=" in out and " defconfig" in out and "bindeb-pkg" in out
+    assert "make O=" in out and " allnoconfig" in out and "bindeb-pkg" in out
     assert "merge_config.sh -m -O" in out
     assert not BuildDir.for_tree(tree, "vm").obj.exists()
 
@@ -234,3 +234,18 @@ def test_make_runs_with_the_sbin_dirs_on_its_path(tree, capsys, monkeypatch):
     build(options(tree, dry_run=True))
     packaging = [line for line in capsys.readouterr().out.splitlines() if "bindeb-pkg" in line]
     assert packaging and "PATH=/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin" in packaging[0]
+
+
+@pytest.mark.parametrize(
+    ("do_mounts", "block"),
+    [
+        ("static int __init mount_nodev_root(char *root_device_name)\n", "n"),  # 5.11+
+        ("void __init mount_block_root(char *name, int flags)\n", "y"),  # 5.10
+    ],
+)
+def test_the_vm_kernel_gets_a_block_layer_only_where_its_9p_root_needs_one(tree, do_mounts, block):
+    (tree / "init").mkdir(exist_ok=True)
+    (tree / "init/do_mounts.c").write_text(do_mounts)
+    build(options(tree, packages=False))
+    config = kconfig.parse_options((BuildDir.for_tree(tree, "vm").obj / ".config").read_text())
+    assert config["CONFIG_BLOCK"] == block

@@ -38,16 +38,27 @@ LARGE_CONFIG_OBJECTS = 10_000
 
 @dataclass(frozen=True)
 class Profile:
-    base: str  # "defconfig", "running" or a path
+    base: str  # a make target of MAKE_BASES, "running" or a path
     fragments: Tuple[str, ...] = ()
     description: str = ""
+    # the kernel mounts virtme-ng's 9p root, whatever else the fragments leave out
+    virtme_root: bool = False
 
+
+# Bases the kernel makes itself: defconfig, or allnoconfig (everything off that can be) for
+# a configuration that lists what it needs
+MAKE_BASES = ("defconfig", "allnoconfig")
 
 PROFILES: Dict[str, Profile] = {
     "running": Profile("running", (), "the running kernel's /boot/config-$(uname -r)"),
-    "vm": Profile("defconfig", ("vm.config",), "small kernel for QEMU and the test machine"),
+    "vm": Profile(
+        "allnoconfig", ("vm.config",), "the fast kernel for QEMU (virtme-ng)", virtme_root=True
+    ),
+    "vm-full": Profile(
+        "defconfig", ("vm-full.config",), "defconfig for QEMU and the test machine (GRUB)"
+    ),
     "vm-debug": Profile(
-        "defconfig", ("vm.config", "debug.config"), "the vm kernel with KASAN and lockdep"
+        "defconfig", ("vm-full.config", "debug.config"), "vm-full with KASAN and lockdep"
     ),
 }
 
@@ -56,7 +67,7 @@ _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 
 def default_config() -> str:
     """On a host with its kernel's config, build like the running kernel; else the VM kernel."""
-    return "running" if running_config_path().is_file() else "vm"
+    return "running" if running_config_path().is_file() else "vm-full"
 
 
 def profile_for(config: str) -> Profile:
@@ -114,6 +125,15 @@ def sanitize_args(kernel: KernelVersion, debug_info: bool, btf_ok: bool) -> List
     return args
 
 
+def root_needs_block(tree: Path) -> bool:
+    """Kernels before 5.11 mount a root only through the block layer (init/do_mounts.c has
+    no mount_nodev_root): their 9p root needs CONFIG_BLOCK, which the vm profile leaves out."""
+    try:
+        return "mount_nodev_root" not in (tree / "init/do_mounts.c").read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def cmdline_args(current: Optional[str]) -> List[str]:
     """scripts/config arguments that put panic=N on the kernel's built-in command line (x86
     prepends it to the boot loader's), keeping a built-in command line the config has."""
@@ -163,8 +183,8 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     candidate = obj / CANDIDATE
     make = ["make", f"O={obj}", *request.compiler.make_args(), f"KCONFIG_CONFIG={CANDIDATE}"]
     base = request.profile.base
-    if base == "defconfig":
-        runner.run([*make, "defconfig"], cwd=tree)
+    if base in MAKE_BASES:
+        runner.run([*make, base], cwd=tree)
     else:
         source = running_config_path() if base == "running" else Path(base)
         if not source.is_file():
@@ -180,6 +200,8 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
     current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
     edits += cmdline_args(current)
+    if request.profile.virtme_root and root_needs_block(tree):
+        edits += ["--enable", "BLOCK"]
     runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
     runner.run([*make, "olddefconfig"], cwd=tree)
     if not runner.dry_run:
@@ -205,7 +227,7 @@ def estimated_objects(config: Path) -> int:
 
 def suggest_trimming(config: Path, profile: Profile, lsmod: Optional[Path]) -> None:
     """A distribution's configuration builds thousands of modules nobody loads: say so."""
-    if lsmod is not None or profile.base == "defconfig":
+    if lsmod is not None or profile.base in MAKE_BASES:
         return
     objects = estimated_objects(config)
     if objects > LARGE_CONFIG_OBJECTS:
