@@ -263,6 +263,7 @@ def test_the_fast_kernel_runs_the_experiment_the_agreement_tests_and_the_speed_b
     )
     result = boot(fast_kernel, ["sh", "-c", script])
     assert result.status == 0, "\n".join(result.output[-40:])
+    assert len(result.kernel_log) > 50  # timestamped, so told apart from the command's output
     assert "experiment status 0" in result.output, "\n".join(result.output[-80:])
     assert "agreement status 0" in result.output, "\n".join(result.output[-80:])
     summary = [line for line in result.output if re.search(r"\d+ passed", line)]
