@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.core import atomic
@@ -125,13 +125,33 @@ def sanitize_args(kernel: KernelVersion, debug_info: bool, btf_ok: bool) -> List
     return args
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def root_needs_block(tree: Path) -> bool:
     """Kernels before 5.11 mount a root only through the block layer (init/do_mounts.c has
     no mount_nodev_root): their 9p root needs CONFIG_BLOCK, which the vm profile leaves out."""
-    try:
-        return "mount_nodev_root" not in (tree / "init/do_mounts.c").read_text(errors="replace")
-    except OSError:
-        return False
+    mounts = _read(tree / "init/do_mounts.c")
+    return bool(mounts) and "mount_nodev_root" not in mounts
+
+
+_9P_NEEDS_INET = re.compile(r"^config 9P_FS\n(?:[ \t]+.*\n|\n)*?[ \t]+depends on .*\bINET\b", re.M)
+
+
+def p9_needs_inet(tree: Path) -> bool:
+    """9p depended on IPv4 (fs/9p/Kconfig: depends on INET) until 6.x: the vm profile leaves
+    INET out, so such a tree gets it back for its 9p root."""
+    return bool(_9P_NEEDS_INET.search(_read(tree / "fs/9p/Kconfig")))
+
+
+def virtme_root_args(tree: Path) -> List[str]:
+    """scripts/config edits a tree needs to mount virtme-ng's 9p root, read from its sources."""
+    args = ["--enable", "BLOCK"] if root_needs_block(tree) else []
+    return args + (["--enable", "INET"] if p9_needs_inet(tree) else [])
 
 
 def cmdline_args(current: Optional[str]) -> List[str]:
@@ -200,19 +220,23 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
     current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
     edits += cmdline_args(current)
-    if request.profile.virtme_root and root_needs_block(tree):
-        edits += ["--enable", "BLOCK"]
+    root_edits = virtme_root_args(tree) if request.profile.virtme_root else []
+    edits += root_edits
     runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
     runner.run([*make, "olddefconfig"], cwd=tree)
     if not runner.dry_run:
-        _warn_unmet(candidate, request.fragments)
+        _warn_unmet(candidate, request.fragments, {f"CONFIG_{n}" for n in root_edits[1::2]})
     return candidate
 
 
-def _warn_unmet(candidate: Path, fragments: Sequence[Path]) -> None:
+def _warn_unmet(candidate: Path, fragments: Sequence[Path], kits_own: Set[str]) -> None:
+    """A fragment's option the tree does not give is worth a warning, unless the kit itself
+    turned it on (a 9p root's needs)."""
     final = parse_options(candidate.read_text())
     for fragment in fragments:
         for name, wanted in parse_options(fragment.read_text()).items():
+            if name in kits_own:
+                continue
             got = final.get(name, "n")
             if got != wanted and not (wanted == "n" and name not in final):
                 warn(f"{fragment.name}: {name}={wanted} requested, the tree gives {got}")
