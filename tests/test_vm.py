@@ -26,7 +26,7 @@ from memuse_kit.building.pipeline import ensure_patched
 from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
 from tests import deb_support
-from tests.guest_support import CALLERS_ENV, compile_callers, is_report
+from tests.guest_support import CALLERS_ENV, WITHOUT_WATCHERS_ENV, compile_callers, is_report
 from tests.kernel_trees import TESTED_SYSCALLS, cached_tree
 
 pytestmark = [
@@ -253,7 +253,8 @@ def test_the_fast_kernel_runs_the_experiment_the_agreement_tests_and_the_speed_b
     config = kconfig.parse_options((fast_kernel.obj / ".config").read_text())
     assert config.get("CONFIG_KASAN", "n") == "n" and config.get("CONFIG_PROVE_LOCKING", "n") == "n"
     assert config.get("CONFIG_ACPI", "n") == "n"
-    agreement = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs"]
+    agreement = ["env", f"{WITHOUT_WATCHERS_ENV}=1", sys.executable, "-m", "pytest"]
+    agreement += ["-p", "no:cacheprovider", "-q", "-rs"]
     agreement += ["--color=no", "tests/guest/test_guest_agreement.py"]
     bench = bench_command(FAST_MIN_ROLLUP_RATIO, FAST_MAX_SPARSE_RATIO)
     script = (
