@@ -504,7 +504,11 @@ all: $(IMAGE)
 
 defconfig:
 \t@mkdir -p $(O)
-\t@printf 'CONFIG_64BIT=y\\nCONFIG_MODULES=y\\n' > $(CFG)
+\t@printf 'CONFIG_64BIT=y\\nCONFIG_MODULES=y\\nCONFIG_ACPI=y\\nCONFIG_BLOCK=y\\n' > $(CFG)
+
+allnoconfig:
+\t@mkdir -p $(O)
+\t@printf 'CONFIG_64BIT=y\\n# CONFIG_MODULES is not set\\n' > $(CFG)
 
 olddefconfig:
 \t@test -f $(CFG)
@@ -533,7 +537,7 @@ bindeb-pkg: all
 \t@touch $(O)/../linux-upstream_$(KDEB_PKGVERSION)_amd64.buildinfo
 \t@touch $(O)/../linux-upstream_$(KDEB_PKGVERSION)_amd64.changes
 
-.PHONY: all defconfig olddefconfig bindeb-pkg
+.PHONY: all defconfig allnoconfig olddefconfig bindeb-pkg
 """
 
 SCRIPTS_CONFIG = """\

@@ -450,6 +450,8 @@ def first_report() -> Optional[str]:
 
 # the debug options whose reports the kernel-log checks look for
 WATCHERS = ("CONFIG_KASAN", "CONFIG_PROVE_LOCKING", "CONFIG_DEBUG_VM", "CONFIG_DEBUG_ATOMIC_SLEEP")
+# set by a run of tests/guest on a kernel built without them on purpose (see conftest.py)
+WITHOUT_WATCHERS_ENV = "MEMUSE_GUEST_WITHOUT_WATCHERS"
 
 
 def running_config() -> Dict[str, str]:

@@ -134,14 +134,25 @@ def test_a_no_op_build_does_not_configure_again(tree, generations):
 
 @pytest.mark.parametrize(
     "change",
-    ["fragment", "kconfig", "defconfig", "compiler", "debug_info", "reconfigure", "user edit"],
+    [
+        "fragment",
+        "kconfig",
+        "defconfig",
+        "9p root",
+        "compiler",
+        "debug_info",
+        "reconfigure",
+        "user edit",
+    ],
 )
 def test_what_the_configuration_is_made_of_makes_it_configure_again(
     tree, generations, tmp_path, monkeypatch, change
 ):
     fragment = tmp_path / "extra.config"
     fragment.write_text("CONFIG_EXTRA=y\n")
-    given = {"fragments": (str(fragment),)}
+    given: dict = {"fragments": (str(fragment),)}
+    if change == "defconfig":  # vm starts from allnoconfig, vm-full from the defconfig
+        given["config"] = "vm-full"
     build(options(tree, **given))
     build(options(tree, **given))
     assert len(generations) == 1
@@ -153,6 +164,9 @@ def test_what_the_configuration_is_made_of_makes_it_configure_again(
     elif change == "defconfig":
         (tree / "arch/x86/configs").mkdir(parents=True)
         (tree / "arch/x86/configs/x86_64_defconfig").write_text("CONFIG_64BIT=y\n")
+    elif change == "9p root":  # a 5.10 tree mounts its root through the block layer
+        (tree / "init").mkdir(exist_ok=True)
+        (tree / "init/do_mounts.c").write_text("void __init mount_block_root(char *name)\n")
     elif change == "compiler":
         monkeypatch.setattr(compiler, "version_of", lambda command: "99.0.0")
     elif change == "debug_info":
@@ -296,7 +310,7 @@ def test_an_edited_config_is_never_overwritten_silently(tree):
 def test_dry_run_prints_the_commands_and_builds_nothing(tree, capsys):
     build(options(tree, dry_run=True))
     out = capsys.readouterr().out
-    assert "make O=" in out and " defconfig" in out and "bindeb-pkg" in out
+    assert "make O=" in out and " allnoconfig" in out and "bindeb-pkg" in out
     assert "merge_config.sh -m -O" in out
     assert not BuildDir.for_tree(tree, "vm").obj.exists()
 
@@ -374,3 +388,18 @@ def test_progress_lines_give_the_rate_and_the_time_left():
     assert progress.eta() is None
     progress.close(True)
     assert out.getvalue().splitlines()[-1] == "build: done (500 objects compiled, 10.0/s), 0m50s"
+
+
+@pytest.mark.parametrize(
+    ("do_mounts", "block"),
+    [
+        ("static int __init mount_nodev_root(char *root_device_name)\n", "n"),  # 5.11+
+        ("void __init mount_block_root(char *name, int flags)\n", "y"),  # 5.10
+    ],
+)
+def test_the_vm_kernel_gets_a_block_layer_only_where_its_9p_root_needs_one(tree, do_mounts, block):
+    (tree / "init").mkdir(exist_ok=True)
+    (tree / "init/do_mounts.c").write_text(do_mounts)
+    build(options(tree, packages=False))
+    config = kconfig.parse_options((BuildDir.for_tree(tree, "vm").obj / ".config").read_text())
+    assert config["CONFIG_BLOCK"] == block

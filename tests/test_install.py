@@ -63,7 +63,7 @@ def built(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(preflight, "check_packages", lambda kernel: None)
     tree = make_fake_buildable_tree(tmp_path / "linux")
     patcher.apply_plan(patcher.plan_patch(tree))
-    result = build(BuildOptions(tree=tree, config="vm", use_ccache=False))
+    result = build(BuildOptions(tree=tree, config="vm-full", use_ccache=False))
     return tree, result.build_dir
 
 
@@ -190,13 +190,13 @@ def test_packages_older_than_a_no_packages_rebuild_are_refused(built, host):
     """The packages of the last full build are still there, same names and sums: only the
     record knows the kernel moved on without them."""
     tree, bd = built
-    build(BuildOptions(tree=tree, config="vm", use_ccache=False, packages=False))
+    build(BuildOptions(tree=tree, config="vm-full", use_ccache=False, packages=False))
     assert all(Path(deb).is_file() for deb in debs(bd)) and all(artifacts.verify_sums(bd).values())
     system = FakeSystem(host)
     with pytest.raises(KitError, match="last built with --no-packages"):
         install.install(bd, tree, host, system)
     assert system.commands == []
-    build(BuildOptions(tree=tree, config="vm", use_ccache=False))
+    build(BuildOptions(tree=tree, config="vm-full", use_ccache=False))
     install.install(bd, tree, host, FakeSystem(host))
 
 
@@ -453,3 +453,18 @@ def test_a_pin_that_does_not_take_stops_before_arming_the_boot(built, newest, mo
     with pytest.raises(KitError, match="could not set GRUB_DEFAULT=saved"):
         install.install(bd, tree, newest, system)
     assert [c[1] for c in system.commands] == ["dpkg", "sh"]  # no grub-reboot
+
+
+def test_the_fast_vm_kernel_is_refused_before_anything_runs(tmp_path: Path, host, monkeypatch):
+    """`--config vm` has no ACPI: it boots under QEMU only, so install names the fix."""
+    monkeypatch.setenv("MEMUSE_KIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(preflight, "check_packages", lambda kernel: None)
+    tree = make_fake_buildable_tree(tmp_path / "linux")
+    patcher.apply_plan(patcher.plan_patch(tree))
+    bd = build(BuildOptions(tree=tree, config="vm", use_ccache=False)).build_dir
+    assert "CONFIG_ACPI=n" in (bd.obj / ".config").read_text()
+    system = FakeSystem(host)
+    with pytest.raises(KitError, match=r"has no CONFIG_ACPI or CONFIG_BLOCK: .* --config vm-full"):
+        install.install(bd, tree, host, system)
+    assert system.commands == []

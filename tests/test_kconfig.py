@@ -36,3 +36,29 @@ def test_large_distribution_configs_get_the_localmodconfig_suggestion(tmp_path, 
     kconfig.suggest_trimming(large, kconfig.PROFILES["vm"], None)  # our own profiles: never
     kconfig.suggest_trimming(large, distro, tmp_path / "lsmod.txt")  # already trimming
     assert capsys.readouterr().err == ""
+
+
+def test_9p_gets_ipv4_back_only_where_its_kconfig_depends_on_it(tmp_path):
+    (tmp_path / "fs/9p").mkdir(parents=True)
+    kconfig_9p = tmp_path / "fs/9p/Kconfig"
+    kconfig_9p.write_text(  # 6.1
+        'config 9P_FS\n\ttristate "Plan 9 Resource Sharing Support (9P2000)"\n'
+        "\tdepends on INET && NET_9P\n\tselect NETFS_SUPPORT\n\thelp\n\t  text\n"
+    )
+    assert kconfig.virtme_root_args(tmp_path) == ["--enable", "INET"]
+    kconfig_9p.write_text(  # 7.2
+        'config 9P_FS\n\ttristate "Plan 9 Resource Sharing Support (9P2000)"\n'
+        "\tdepends on NET_9P\n\tselect NETFS_SUPPORT\n\thelp\n\t  INET is not needed\n"
+        "\nconfig 9P_FS_POSIX_ACL\n\tdepends on INET\n"
+    )
+    assert kconfig.virtme_root_args(tmp_path) == []
+
+
+def test_an_option_the_kit_turned_on_for_the_root_is_no_unmet_request(tmp_path, capsys):
+    fragment = tmp_path / "vm.config"
+    fragment.write_text("CONFIG_INET=n\nCONFIG_9P_FS=y\n")
+    candidate = tmp_path / ".config"
+    candidate.write_text("CONFIG_INET=y\n# CONFIG_9P_FS is not set\n")
+    kconfig._warn_unmet(candidate, [fragment], {"CONFIG_INET"})
+    err = capsys.readouterr().err
+    assert "CONFIG_9P_FS=y requested" in err and "CONFIG_INET" not in err

@@ -111,5 +111,5 @@ def test_build_dry_run_on_an_unpatched_tree_prints_the_whole_plan(tmp_path: Path
     assert "memuse = syscall 472" in out
     for step in ("# configure", "# compile", "# package"):
         assert step in out
-    assert " defconfig" in out and "bindeb-pkg" in out
+    assert " allnoconfig" in out and "bindeb-pkg" in out
     assert "not patched yet" not in out + done.stderr

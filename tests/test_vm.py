@@ -29,7 +29,7 @@ from memuse_kit.core.cache import cache_root
 from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
 from tests import deb_support
-from tests.guest_support import CALLERS_ENV, compile_callers, is_report
+from tests.guest_support import CALLERS_ENV, WITHOUT_WATCHERS_ENV, compile_callers, is_report
 from tests.kernel_trees import TESTED_SYSCALLS, cached_tree
 
 pytestmark = [
@@ -238,30 +238,52 @@ def bench_command(min_rollup: float, max_sparse: float) -> str:
 
 @pytest.fixture(scope="module")
 def fast_kernel() -> BuildDir:
-    """The 7.2 `vm` kernel, without KASAN and lockdep: tests/test_machine_install.py builds
-    it (the quick start's kernel), so here the build finds nothing to do."""
+    """The 7.2 `vm` kernel: the quick start's, trimmed from allnoconfig, without KASAN and
+    lockdep."""
     tree = cached_tree(FAST_KERNEL)
     ensure_patched(tree, syscalls=TESTED_SYSCALLS)  # the tree the VM tier built
     return build(BuildOptions(tree=tree, config="vm", source={"spec": FAST_KERNEL})).build_dir
 
 
-def test_speed_bars_on_the_kernel_without_debug_checks(fast_kernel, measured):
-    """scripts/bench-memuse's aims, which only a kernel without KASAN and lockdep can show:
-    memuse at least 10x faster than smaps_rollup at 1 GiB resident, and a sparse 64 GiB
-    mapping within 1.5x of an idle process. One boot of about a minute and a half."""
+def test_the_fast_kernel_runs_the_experiment_the_agreement_tests_and_the_speed_bars(
+    fast_kernel, measured
+):
+    """One boot: the report's experiment (memuse equal to smaps), tests/guest's agreement
+    tests (every scenario where kernels' smaps differ), and scripts/bench-memuse's aims,
+    which only a kernel without KASAN and lockdep can show: memuse at least 10x faster than
+    smaps_rollup at 1 GiB resident, and a sparse 64 GiB mapping within 1.5x of an idle
+    process. The trimmed kernel has no ACPI: the guest resets itself to end QEMU."""
     config = kconfig.parse_options((fast_kernel.obj / ".config").read_text())
     assert config.get("CONFIG_KASAN", "n") == "n" and config.get("CONFIG_PROVE_LOCKING", "n") == "n"
-    command = f"{{ {bench_command(FAST_MIN_ROLLUP_RATIO, FAST_MAX_SPARSE_RATIO)}; "
-    command += "echo bench-memuse status $?; }"
-    result = boot(fast_kernel, ["sh", "-c", command])
+    assert config.get("CONFIG_ACPI", "n") == "n"
+    agreement = ["env", f"{WITHOUT_WATCHERS_ENV}=1", sys.executable, "-m", "pytest"]
+    agreement += ["-p", "no:cacheprovider", "-q", "-rs"]
+    agreement += ["--color=no", "tests/guest/test_guest_agreement.py"]
+    bench = bench_command(FAST_MIN_ROLLUP_RATIO, FAST_MAX_SPARSE_RATIO)
+    script = (
+        "memuse experiment --check && echo experiment status 0; "
+        f"{shlex.join(agreement)}; echo agreement status $?; "
+        f"{{ {bench}; echo bench-memuse status $?; }}"
+    )
+    result = boot(fast_kernel, ["sh", "-c", script])
+    assert result.status == 0, "\n".join(result.output[-40:])
+    assert len(result.kernel_log) > 50  # timestamped, so told apart from the command's output
+    assert "experiment status 0" in result.output, "\n".join(result.output[-80:])
+    assert "agreement status 0" in result.output, "\n".join(result.output[-80:])
+    summary = [line for line in result.output if re.search(r"\d+ passed", line)]
+    assert summary and "skipped" not in summary[-1], summary
     figures = json.loads(next(line for line in result.output if line.startswith('{"')))
     measured += [f"scripts/bench-memuse on {FAST_KERNEL} (vm config: no debug checks):"]
-    measured += [f"  {line}" for line in result.output if not line.startswith(('{"', "bench"))]
-    assert result.status == 0, "\n".join(result.output[-40:])
+    measured += [f"  {line}" for line in bench_lines_after(result.output, "agreement status")]
     assert figures["memuse_1g_bytes"] == figures["rollup_1g_bytes"]
     assert figures["rollup_ratio"] >= FAST_MIN_ROLLUP_RATIO, figures
     assert figures["sparse_ratio"] <= FAST_MAX_SPARSE_RATIO, figures
     assert "bench-memuse status 0" in result.output
+
+
+def bench_lines_after(output: List[str], marker: str) -> List[str]:
+    start = next((i + 1 for i, line in enumerate(output) if line.startswith(marker)), 0)
+    return [line for line in output[start:] if not line.startswith(('{"', "bench-memuse"))]
 
 
 def experiment_lines(output: List[str]) -> List[str]:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.trying.vm import (
     DEFAULT_COMMAND,
+    RESET_WITHOUT_ACPI,
     ConsoleReader,
     VmOptions,
     guest_script,
@@ -65,3 +67,45 @@ def test_the_guest_boots_with_4_level_paging(tmp_path: Path):
     cmd = vng_command(options, "true", use_kvm=False)
     assert cmd[cmd.index("--append") + 1] == "no5lvl"
     assert cmd[-2:] == ["--exec", "true"]
+
+
+def test_a_guest_without_acpi_resets_after_the_end_marker_and_one_with_acpi_does_not(
+    tmp_path: Path,
+):
+    """The fast vm kernel cannot power off (no ACPI): the script resets it, which ends QEMU."""
+    script = guest_script(["true"], "n1", tmp_path)
+    assert script.endswith(RESET_WITHOUT_ACPI)
+    calls = tmp_path / "calls"
+    for name in ("sync", "reboot"):
+        fake = tmp_path / "bin" / name
+        fake.parent.mkdir(exist_ok=True)
+        fake.write_text(f'#!/bin/sh\necho {name} "$@" >> {calls}\n')
+        fake.chmod(0o755)
+    shell = RESET_WITHOUT_ACPI.replace("/sys/firmware/acpi", str(tmp_path / "acpi"))
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    subprocess.run(["sh", "-c", shell], env=env, check=True)
+    assert calls.read_text() == "sync\nreboot -f\n"
+    calls.unlink()
+    (tmp_path / "acpi").mkdir()
+    subprocess.run(["sh", "-c", shell], env=env, check=True)
+    assert not calls.exists()
+
+
+def test_a_kernel_without_virtiofs_gets_its_root_over_9p(tmp_path: Path):
+    build = BuildDir(tmp_path)
+    build.obj.mkdir()
+    (build.obj / ".config").write_text("CONFIG_BLOCK=y\n# CONFIG_VIRTIO_FS is not set\n")
+    options = VmOptions(build=build)
+    assert "--force-9p" in vng_command(options, "true", use_kvm=False)
+    (build.obj / ".config").write_text("CONFIG_BLOCK=y\nCONFIG_VIRTIO_FS=y\n")
+    assert "--force-9p" not in vng_command(options, "true", use_kvm=False)
+
+
+def test_a_kernel_without_a_block_layer_is_told_its_root_device(tmp_path: Path):
+    build = BuildDir(tmp_path)
+    build.obj.mkdir()
+    (build.obj / ".config").write_text("# CONFIG_BLOCK is not set\nCONFIG_VIRTIO_FS=y\n")
+    cmd = vng_command(VmOptions(build=build), "true", use_kvm=False)
+    assert "root=/dev/root" in cmd and cmd[cmd.index("root=/dev/root") - 1] == "--append"
+    (build.obj / ".config").write_text("CONFIG_BLOCK=y\nCONFIG_VIRTIO_FS=y\n")
+    assert "root=/dev/root" not in vng_command(VmOptions(build=build), "true", use_kvm=False)

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.core import atomic
@@ -39,16 +39,27 @@ LARGE_CONFIG_OBJECTS = 10_000
 
 @dataclass(frozen=True)
 class Profile:
-    base: str  # "defconfig", "running" or a path
+    base: str  # a make target of MAKE_BASES, "running" or a path
     fragments: Tuple[str, ...] = ()
     description: str = ""
+    # the kernel mounts virtme-ng's 9p root, whatever else the fragments leave out
+    virtme_root: bool = False
 
+
+# Bases the kernel makes itself: defconfig, or allnoconfig (everything off that can be) for
+# a configuration that lists what it needs
+MAKE_BASES = ("defconfig", "allnoconfig")
 
 PROFILES: Dict[str, Profile] = {
     "running": Profile("running", (), "the running kernel's /boot/config-$(uname -r)"),
-    "vm": Profile("defconfig", ("vm.config",), "small kernel for QEMU and the test machine"),
+    "vm": Profile(
+        "allnoconfig", ("vm.config",), "the fast kernel for QEMU (virtme-ng)", virtme_root=True
+    ),
+    "vm-full": Profile(
+        "defconfig", ("vm-full.config",), "defconfig for QEMU and the test machine (GRUB)"
+    ),
     "vm-debug": Profile(
-        "defconfig", ("vm.config", "debug.config"), "the vm kernel with KASAN and lockdep"
+        "defconfig", ("vm-full.config", "debug.config"), "vm-full with KASAN and lockdep"
     ),
 }
 
@@ -57,7 +68,7 @@ _OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
 
 def default_config() -> str:
     """On a host with its kernel's config, build like the running kernel; else the VM kernel."""
-    return "running" if running_config_path().is_file() else "vm"
+    return "running" if running_config_path().is_file() else "vm-full"
 
 
 def profile_for(config: str) -> Profile:
@@ -115,6 +126,35 @@ def sanitize_args(kernel: KernelVersion, debug_info: bool, btf_ok: bool) -> List
     return args
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def root_needs_block(tree: Path) -> bool:
+    """Kernels before 5.11 mount a root only through the block layer (init/do_mounts.c has
+    no mount_nodev_root): their 9p root needs CONFIG_BLOCK, which the vm profile leaves out."""
+    mounts = _read(tree / "init/do_mounts.c")
+    return bool(mounts) and "mount_nodev_root" not in mounts
+
+
+_9P_NEEDS_INET = re.compile(r"^config 9P_FS\n(?:[ \t]+.*\n|\n)*?[ \t]+depends on .*\bINET\b", re.M)
+
+
+def p9_needs_inet(tree: Path) -> bool:
+    """9p depended on IPv4 (fs/9p/Kconfig: depends on INET) until 6.x: the vm profile leaves
+    INET out, so such a tree gets it back for its 9p root."""
+    return bool(_9P_NEEDS_INET.search(_read(tree / "fs/9p/Kconfig")))
+
+
+def virtme_root_args(tree: Path) -> List[str]:
+    """scripts/config edits a tree needs to mount virtme-ng's 9p root, read from its sources."""
+    args = ["--enable", "BLOCK"] if root_needs_block(tree) else []
+    return args + (["--enable", "INET"] if p9_needs_inet(tree) else [])
+
+
 def cmdline_args(current: Optional[str]) -> List[str]:
     """scripts/config arguments that put panic=N on the kernel's built-in command line (x86
     prepends it to the boot loader's), keeping a built-in command line the config has."""
@@ -164,8 +204,8 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     candidate = obj / CANDIDATE
     make = ["make", f"O={obj}", *request.compiler.make_args(), f"KCONFIG_CONFIG={CANDIDATE}"]
     base = request.profile.base
-    if base == "defconfig":
-        runner.run([*make, "defconfig"], cwd=tree)
+    if base in MAKE_BASES:
+        runner.run([*make, base], cwd=tree)
     else:
         source = running_config_path() if base == "running" else Path(base)
         if not source.is_file():
@@ -182,10 +222,12 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
     current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
     edits += cmdline_args(current)
+    root_edits = virtme_root_args(tree) if request.profile.virtme_root else []
+    edits += root_edits
     runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
     runner.run([*make, "olddefconfig"], cwd=tree)
     if not runner.dry_run:
-        _warn_unmet(candidate, request.fragments)
+        _warn_unmet(candidate, request.fragments, {f"CONFIG_{n}" for n in root_edits[1::2]})
     return candidate
 
 
@@ -239,6 +281,9 @@ def inputs_digest(request: ConfigRequest) -> Optional[str]:
     _feed(digest, "compiler", "\0".join(make_args).encode())
     _feed(digest, "options", f"{request.debug_info} {request.btf_ok}".encode())
     _feed(digest, "base", _base_identity(request))
+    # the edits a virtme-ng root needs, read from the tree's init/do_mounts.c and fs/9p/Kconfig
+    root_edits = virtme_root_args(request.tree) if request.profile.virtme_root else []
+    _feed(digest, "virtme root", " ".join(root_edits).encode())
     for path in [*request.fragments, *([request.lsmod] if request.lsmod else [])]:
         _feed(digest, str(path), path.read_bytes())
     _feed(digest, "auto.conf.cmd", (request.obj / "include/config/auto.conf.cmd").read_bytes())
@@ -248,10 +293,15 @@ def inputs_digest(request: ConfigRequest) -> Optional[str]:
 
 
 def _base_identity(request: ConfigRequest) -> bytes:
+    """The base's name and what it reads besides the Kconfig files: the defconfig files for
+    defconfig, nothing for allnoconfig, the file itself for a configuration file."""
     base = request.profile.base
     if base == "defconfig":
         defconfigs = sorted((request.tree / "arch/x86/configs").glob("*defconfig"))
-        return b"\n".join(str(p).encode() + b" " + _stat_line(p) for p in defconfigs)
+        listing = b"\n".join(str(p).encode() + b" " + _stat_line(p) for p in defconfigs)
+        return b"defconfig\n" + listing
+    if base in MAKE_BASES:
+        return base.encode()
     source = running_config_path() if base == "running" else Path(base)
     return source.read_bytes() if source.is_file() else b"missing"
 
@@ -264,10 +314,14 @@ def is_current(obj: Path, digest: Optional[str], recorded: Dict[str, Any]) -> bo
     return config.is_file() and sha256_file(config) == recorded.get("sha256")
 
 
-def _warn_unmet(candidate: Path, fragments: Sequence[Path]) -> None:
+def _warn_unmet(candidate: Path, fragments: Sequence[Path], kits_own: Set[str]) -> None:
+    """A fragment's option the tree does not give is worth a warning, unless the kit itself
+    turned it on (a 9p root's needs)."""
     final = parse_options(candidate.read_text())
     for fragment in fragments:
         for name, wanted in parse_options(fragment.read_text()).items():
+            if name in kits_own:
+                continue
             got = final.get(name, "n")
             if got != wanted and not (wanted == "n" and name not in final):
                 warn(f"{fragment.name}: {name}={wanted} requested, the tree gives {got}")
@@ -282,7 +336,7 @@ def estimated_objects(config: Path) -> int:
 
 def suggest_trimming(config: Path, profile: Profile, lsmod: Optional[Path]) -> None:
     """A distribution's configuration builds thousands of modules nobody loads: say so."""
-    if lsmod is not None or profile.base == "defconfig":
+    if lsmod is not None or profile.base in MAKE_BASES:
         return
     objects = estimated_objects(config)
     if objects > LARGE_CONFIG_OBJECTS:

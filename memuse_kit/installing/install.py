@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from memuse_kit.building import artifacts
 from memuse_kit.building.builddir import BuildDir
+from memuse_kit.building.kconfig import parse_options
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import report, warn
 from memuse_kit.core.runner import Runner
@@ -187,7 +188,30 @@ def check_build(bd: BuildDir, tree: Optional[Path]) -> InstallPlan:
         record.tree != str(tree) or record.syscalls != patcher.recorded_syscalls(tree)
     ):
         raise KitError(f"the packages in {bd.artifacts} were not built from {tree} as patched now")
+    check_boots_a_machine(bd)
     return InstallPlan(release, packages)
+
+
+# What a kernel needs to come up on a PC from its disk: without them it boots under QEMU only
+MACHINE_OPTIONS = ("CONFIG_ACPI", "CONFIG_BLOCK")
+
+
+def check_boots_a_machine(bd: BuildDir) -> None:
+    """Refuse the fast vm kernel (no ACPI) before it is installed on a machine it cannot boot.
+
+    Packages handed in without their build directory are not checked: nothing to read.
+    """
+    config = bd.obj / ".config"
+    if not config.is_file():
+        return
+    options = parse_options(config.read_text())
+    missing = [name for name in MACHINE_OPTIONS if options.get(name) != "y"]
+    if missing:
+        raise KitError(
+            f"the kernel in {bd.root} has no {' or '.join(missing)}: it boots under QEMU "
+            "(invoke vm), not on a machine; build it with --config vm-full or the running "
+            "kernel's configuration to install it"
+        )
 
 
 def check_bootloader(host: Host) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
 from memuse_kit.building.builddir import BuildDir
+from memuse_kit.building.kconfig import parse_options
 from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import problem, report, say
@@ -59,6 +60,12 @@ def prebuilt_scenarios() -> Dict[str, str]:
         return {}
 
 
+# virtme-ng powers the guest off at the end, which takes ACPI; the fast vm kernel has none.
+# A reset ends QEMU as well (virtme-ng runs scripts with -no-reboot), and x86 resets through
+# the keyboard controller without ACPI.
+RESET_WITHOUT_ACPI = "[ -d /sys/firmware/acpi ] || { sync; reboot -f; }"
+
+
 def guest_script(
     command: List[str], nonce: str, cwd: Path, extra: Optional[Dict[str, str]] = None
 ) -> str:
@@ -75,7 +82,7 @@ def guest_script(
     return (
         f"{env} cd {shlex.quote(str(cwd))} 2>/dev/null; "
         f"echo MEMUSE-KIT-BEGIN-{nonce}; {shlex.join(command)}; "
-        f"echo MEMUSE-KIT-END-{nonce} status=$?"
+        f"echo MEMUSE-KIT-END-{nonce} status=$?; {RESET_WITHOUT_ACPI}"
     )
 
 
@@ -135,10 +142,28 @@ def _probe_kvm(timeout: float) -> bool:
 GUEST_KERNEL_ARGS = ["no5lvl"]
 
 
+def root_args(build: BuildDir) -> List[str]:
+    """How the guest mounts the host's root, from the kernel's configuration.
+
+    virtme-ng shares it over virtiofs when it finds virtiofsd: a kernel without virtiofs
+    (the fast vm one) gets 9p instead. virtme-ng names no root device, and the kernel mounts
+    a root so named through the block layer: a kernel without one needs root=/dev/root (the
+    9p share's tag), which it then mounts as a filesystem that has no device.
+    """
+    config = build.obj / ".config"
+    if not config.is_file():
+        return []
+    options = parse_options(config.read_text())
+    args = [] if options.get("CONFIG_VIRTIO_FS") == "y" else ["--force-9p"]
+    if options.get("CONFIG_BLOCK") != "y":
+        args += ["--append", "root=/dev/root"]
+    return args
+
+
 def vng_command(options: VmOptions, script: str, use_kvm: bool) -> List[str]:
     image = options.build.image()
     cmd = [vng_path() or "vng", "--run", str(image), "--user", "root", "--verbose"]
-    cmd += ["--memory", options.memory, "--cpus", str(options.cpus)]
+    cmd += ["--memory", options.memory, "--cpus", str(options.cpus), *root_args(options.build)]
     for arg in GUEST_KERNEL_ARGS:
         cmd += ["--append", arg]
     if not use_kvm:
