@@ -393,7 +393,8 @@ def test_progress_lines_give_the_rate_and_the_time_left():
 @pytest.mark.parametrize(
     ("do_mounts", "block"),
     [
-        ("static int __init mount_nodev_root(char *root_device_name)\n", "n"),  # 5.11+
+        ("static int __init mount_nodev_root(char *root_device_name)\n", "n"),  # 6.5+
+        ("static int __init mount_nodev_root(void)\n", "y"),  # 5.11-6.4: the name cut short
         ("void __init mount_block_root(char *name, int flags)\n", "y"),  # 5.10
     ],
 )

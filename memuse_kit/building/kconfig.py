@@ -134,10 +134,15 @@ def _read(path: Path) -> str:
 
 
 def root_needs_block(tree: Path) -> bool:
-    """Kernels before 5.11 mount a root only through the block layer (init/do_mounts.c has
-    no mount_nodev_root): their 9p root needs CONFIG_BLOCK, which the vm profile leaves out."""
+    """Whether a 9p root tagged /dev/root needs CONFIG_BLOCK, which the vm profile leaves out.
+
+    Since 6.5 init/do_mounts.c hands root= unchanged to mount_nodev_root(char *name), which
+    mounts a filesystem without a device. Before, that function took no name and used the
+    root name with /dev/ cut off ("root": 5.11-6.4), or did not exist: there only the block
+    layer's path mounts /dev/root.
+    """
     mounts = _read(tree / "init/do_mounts.c")
-    return bool(mounts) and "mount_nodev_root" not in mounts
+    return bool(mounts) and not re.search(r"\bmount_nodev_root\(char \*", mounts)
 
 
 _9P_NEEDS_INET = re.compile(r"^config 9P_FS\n(?:[ \t]+.*\n|\n)*?[ \t]+depends on .*\bINET\b", re.M)
