@@ -52,6 +52,8 @@ class BuildRecord:
     distributed: Optional[Dict[str, Any]] = None
     log: str = ""
     durations: Dict[str, float] = field(default_factory=dict)
+    # this build's compiles ccache answered: hits, misses, hit_rate (None: no ccache)
+    ccache: Optional[Dict[str, float]] = None
     objects_compiled: Optional[int] = None
     objects_total: Optional[int] = None
     artifacts: List[Dict[str, str]] = field(default_factory=list)

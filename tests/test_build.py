@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from memuse_client.build_record import BuildRecord
 from memuse_kit.building import artifacts, compiler, kconfig, preflight
-from memuse_kit.building.build import BuildOptions, build
+from memuse_kit.building.build import BuildOptions, build, where_the_time_went
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.errors import KitError
 from memuse_kit.patching import patcher, templates
@@ -53,7 +55,8 @@ def test_first_build_packages_and_records_everything(tree):
     assert meta["probes"]["heap_strict"] is True  # why the tree got the code it got
     assert meta["probes"]["huge_pmd_lookup"] == "vm_normal_page_pmd"
     assert meta["config"]["name"] == "vm" and len(meta["config"]["sha256"]) == 64
-    assert set(meta["durations"]) == {"preflight", "config", "kernel", "package"}
+    assert set(meta["durations"]) == {"preflight", "config", "kernel", "compile", "link", "package"}
+    assert meta["durations"]["compile"] + meta["durations"]["link"] <= meta["durations"]["kernel"]
     assert meta["objects_compiled"] == 3  # kernel/Makefile's obj-y: fork.o, sys.o, memuse.o
     assert "  CC      kernel/memuse.o" in bd.log.read_text()
 
@@ -404,3 +407,55 @@ def test_the_vm_kernel_gets_a_block_layer_only_where_its_9p_root_needs_one(tree,
     build(options(tree, packages=False))
     config = kconfig.parse_options((BuildDir.for_tree(tree, "vm").obj / ".config").read_text())
     assert config["CONFIG_BLOCK"] == block
+
+
+def test_progress_splits_compiling_from_linking_at_the_first_vmlinux_step():
+    import io
+
+    from memuse_kit.building.progress import BuildProgress
+
+    now = [0.0]
+    progress = BuildProgress("build", 10, out=io.StringIO(), clock=lambda: now[0])
+    for line, at in [
+        ("  CC      kernel/sys.o", 50.0),
+        ("  AR      kernel/built-in.a", 60.0),
+        ("  AR      vmlinux.a", 300.0),  # 6.1+; 5.10 begins with "  LD      vmlinux.o"
+        ("  LD      vmlinux.o", 301.0),
+        ("Kernel: arch/x86/boot/bzImage is ready  (#1)", 320.0),
+    ]:
+        now[0] = at
+        progress.feed(line + "\n")
+    now[0] = 321.0
+    progress.close(True)
+    now[0] = 999.0  # read later: the split is of make's run, not of when it is asked
+    assert progress.split() == (300.0, 21.0)
+
+
+def test_a_build_that_links_nothing_spent_its_time_compiling():
+    import io
+
+    from memuse_kit.building.progress import BuildProgress
+
+    now = [0.0]
+    progress = BuildProgress("build", 10, out=io.StringIO(), clock=lambda: now[0])
+    now[0] = 7.0
+    progress.close(True)
+    assert progress.split() == (7.0, 0.0)
+
+
+def test_the_build_ends_with_where_the_time_went(tree, capsys):
+    build(options(tree))
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("time: "))
+    assert re.fullmatch(r"time: configure \d+ s, compile \d+ s, link \d+ s, package \d+ s", line)
+
+
+def test_the_time_line_gives_ccaches_share_when_it_compiled_anything():
+    record = BuildRecord(
+        durations={"config": 8.0, "compile": 330.4, "link": 12.0, "package": 41.0},
+        ccache={"hits": 850, "misses": 47, "hit_rate": 0.948},
+    )
+    assert where_the_time_went(record) == (
+        "time: configure 8 s, compile 5m30s, link 12 s, package 41 s; "
+        "ccache answered 850 of 897 compiles (95%)"
+    )

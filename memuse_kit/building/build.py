@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
-from memuse_kit.building import artifacts, compiler, distributed, kconfig, mounts, preflight
+from memuse_kit.building import (
+    artifacts,
+    ccache_stats,
+    compiler,
+    distributed,
+    kconfig,
+    mounts,
+    preflight,
+)
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
@@ -281,7 +290,9 @@ class Builder:
         assert self.cc is not None
         estimate = 1 if self.runner.dry_run else _estimate(self.bd, self.previous)
         progress = BuildProgress("build", estimate)
+        before = self._ccache_counts()
         status = self._stream([*_make(self.bd, self.cc, self.jobs)], progress, self._count_fallback)
+        self._record_where_the_time_went(progress, before)
         self.writer.update(objects_compiled=progress.steps)
         self._record_fallbacks()
         if progress.steps > estimate // 2:
@@ -294,6 +305,23 @@ class Builder:
             digest = kconfig.inputs_digest(self.config_request)
             self.writer.record.config["inputs_sha256"] = digest
         return progress.steps
+
+    def _ccache_counts(self) -> Optional[ccache_stats.Counts]:
+        if self.runner.dry_run or self.cc is None or not self.cc.ccache:
+            return None
+        env = {"CCACHE_DIR": _env(self.cc, self.tree)["CCACHE_DIR"]}
+        return ccache_stats.snapshot(self.cc.ccache, env, Runner())
+
+    def _record_where_the_time_went(
+        self, progress: BuildProgress, before: Optional[ccache_stats.Counts]
+    ) -> None:
+        if self.runner.dry_run:
+            return
+        compiling, linking = progress.split()
+        self.writer.record.durations.update(compile=compiling, link=linking)
+        after = self._ccache_counts() if before is not None else None
+        if before is not None and after is not None:
+            self.writer.update(ccache=after.since(before))
 
     def package(self) -> List[Path]:
         assert self.cc is not None
@@ -406,10 +434,31 @@ class Builder:
                 self.writer.write()
 
 
+def where_the_time_went(record: BuildRecord) -> str:
+    """One line: configure, compile, link and package times, and ccache's share of the
+    compiles."""
+    times = record.durations
+    parts = [("configure", "config"), ("compile", "compile"), ("link", "link")]
+    parts += [("package", "package")] if "package" in times else []
+    line = ", ".join(f"{label} {_seconds(times[key])}" for label, key in parts if key in times)
+    stats = record.ccache
+    if stats and stats.get("hits", 0) + stats.get("misses", 0) > 0:
+        hits, misses = int(stats["hits"]), int(stats["misses"])
+        line += f"; ccache answered {hits} of {hits + misses} compiles ({stats['hit_rate']:.0%})"
+    return f"time: {line}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value < 120 else f"{int(value) // 60}m{int(value) % 60:02d}s"
+
+
 def build(options: BuildOptions) -> BuildResult:
     result = Builder(options).run()
     if options.dry_run:
         return result
+    record = result.build_dir.read_record()
+    if record is not None:
+        say(where_the_time_went(record), sys.stderr)  # beside the progress lines
     if result.compiled == 0:
         report("nothing to compile: the kernel was up to date")
     if not options.packages:

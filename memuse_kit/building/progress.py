@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional, TextIO, Tuple
 
 from tqdm import tqdm
 
@@ -13,6 +13,8 @@ from memuse_kit.core import output
 
 # kbuild's quiet output: "  CC      kernel/sys.o", "  LD [M]  fs/foo.ko", ...
 _STEP = re.compile(r"^\s{2}(CC|AS|CC \[M\]|AS \[M\])\s+\S+\.o\s*$")
+# the first step of linking the kernel: "  AR      vmlinux.a" (6.1+), "  LD      vmlinux.o"
+_LINK = re.compile(r"^\s{2}(AR|LD)\s+vmlinux\.[ao]\s*$")
 _ERROR = re.compile(
     r"(error:|Error \d+|\*\*\*|undefined reference|No rule to make target|Unmet build dependencies)"
 )
@@ -46,6 +48,8 @@ class BuildProgress:
         self.last_report = self.started
         self.steps = 0
         self.errors: list = []
+        self.link_started: Optional[float] = None
+        self.finished: Optional[float] = None
         self.bar: Optional[tqdm] = None
         if out.isatty() and output.verbosity() >= output.Verbosity.NORMAL:
             self.bar = tqdm(total=self.estimate, desc=label, unit="obj", file=out, leave=False)
@@ -57,6 +61,8 @@ class BuildProgress:
     def feed(self, line: str) -> None:
         if is_error_line(line) and len(self.errors) < 20:
             self.errors.append(line.rstrip("\n"))
+        if self.link_started is None and _LINK.match(line.rstrip("\n")):
+            self.link_started = self.clock()
         if not is_compile_step(line):
             return
         self.steps += 1
@@ -90,7 +96,15 @@ class BuildProgress:
         elapsed = self.clock() - self.started
         output.progress(f"{self.label}: {text}, {_minutes(elapsed)}", self.out)
 
+    def split(self) -> Tuple[float, float]:
+        """Seconds compiling and seconds linking (from the first vmlinux step to make's end;
+        0 when make linked nothing)."""
+        end = self.finished if self.finished is not None else self.clock()
+        link_start = self.link_started if self.link_started is not None else end
+        return round(link_start - self.started, 1), round(end - link_start, 1)
+
     def close(self, ok: bool) -> None:
+        self.finished = self.clock()
         if self.bar is not None:
             self.bar.close()
         rate = f", {self.rate():.1f}/s" if self.steps else ""
