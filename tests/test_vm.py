@@ -338,7 +338,8 @@ def test_a_no_op_build_costs_at_most_1_1x_a_bare_make(vm_kernel, measured):
     """Issue 12: `invoke build` with nothing to do costs at most 1.1x the bare no-op make it
     runs (the same command line and environment, read from its build.log): the patch check,
     preflight, configuration and packaging check around make cost at most a tenth of it.
-    Best of two runs of each, alternating."""
+    Best of three runs of each, alternating: single no-op runs of both vary by a second here
+    (make 7.3-8.0 s, invoke build 7.9-9.1 s on 2026-11-29), more than the tenth allowed."""
     spec, tree, bd = vm_kernel
     current = cache_root() / "current.json"
     remembered = current.read_bytes() if current.is_file() else None
@@ -350,7 +351,7 @@ def test_a_no_op_build_costs_at_most_1_1x_a_bare_make(vm_kernel, measured):
             line[2:] for line in bd.log.read_text().splitlines() if line.startswith("$ ")
         )
         runs: Dict[str, List[float]] = {"make": [], "invoke": []}
-        for _ in range(2):
+        for _ in range(3):
             seconds, out = _timed(["bash", "-c", make_line], REPO)
             assert not [line for line in out.splitlines() if is_compile_step(line)], out
             runs["make"].append(seconds)
