@@ -623,3 +623,19 @@ def make_fake_buildable_tree(root: Path, version: str = "7.2.0") -> Path:
         path.write_text(text)
         path.chmod(0o755)
     return root
+
+
+def patched_fake_tree(tmp_path: Path, monkeypatch) -> Path:
+    """A buildable stand-in tree with memuse patched in, built as a user into tmp_path's cache
+    (the build's preflight package check off: the stand-in needs none)."""
+    import os
+
+    from memuse_kit.building import preflight
+    from memuse_kit.patching import patcher
+
+    monkeypatch.setenv("MEMUSE_KIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(preflight, "check_packages", lambda kernel: None)
+    root = make_fake_buildable_tree(tmp_path / "linux")
+    patcher.apply_plan(patcher.plan_patch(root))
+    return root

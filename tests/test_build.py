@@ -15,17 +15,12 @@ from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core.errors import KitError
 from memuse_kit.patching import patcher, templates
 from tests import deb_support
-from tests.fakelinux import make_fake_buildable_tree, snapshot
+from tests.fakelinux import patched_fake_tree, snapshot
 
 
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("MEMUSE_KIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(preflight, "check_packages", lambda kernel: None)
-    root = make_fake_buildable_tree(tmp_path / "linux")
-    patcher.apply_plan(patcher.plan_patch(root))
-    return root
+    return patched_fake_tree(tmp_path, monkeypatch)
 
 
 def options(tree: Path, **kwargs) -> BuildOptions:
@@ -222,14 +217,19 @@ def test_the_build_writes_nothing_into_the_tree(tree):
     assert snapshot(tree) == before
 
 
-def test_template_edit_recompiles_only_the_syscall_s_object(tree, tmp_path, monkeypatch):
-    build(options(tree))
+def edit_memuse_template(tree: Path, tmp_path: Path, monkeypatch) -> None:
+    """A one-line edit to memuse's body in a copy of the templates, patched into the tree."""
     copy = tmp_path / "templates"
     shutil.copytree(templates.TEMPLATES_DIR, copy)
     monkeypatch.setattr(templates, "TEMPLATES_DIR", copy)
     body = copy / "syscalls/memuse/impl.c.j2"
     body.write_text(body.read_text().replace("return -EINVAL;", "return -EINVAL; /* v2 */"))
     patcher.apply_plan(patcher.plan_patch(tree))
+
+
+def test_template_edit_recompiles_only_the_syscall_s_object(tree, tmp_path, monkeypatch):
+    build(options(tree))
+    edit_memuse_template(tree, tmp_path, monkeypatch)
     result = build(options(tree))
     log = result.build_dir.log.read_text()
     assert result.compiled == 1 and "  CC      kernel/memuse.o" in log
@@ -272,12 +272,7 @@ def test_the_edit_loop_configures_nothing_and_packages_nothing(
     the configuration's inputs did not change, so it is not generated again."""
     build(options(tree, packages=False))
     assert len(generations) == 1
-    copy = tmp_path / "templates"
-    shutil.copytree(templates.TEMPLATES_DIR, copy)
-    monkeypatch.setattr(templates, "TEMPLATES_DIR", copy)
-    body = copy / "syscalls/memuse/impl.c.j2"
-    body.write_text(body.read_text().replace("return -EINVAL;", "return -EINVAL; /* v2 */"))
-    patcher.apply_plan(patcher.plan_patch(tree))
+    edit_memuse_template(tree, tmp_path, monkeypatch)
     result = build(options(tree, packages=False))
     assert len(generations) == 1
     assert result.compiled == 1 and result.packages == []

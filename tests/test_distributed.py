@@ -22,8 +22,7 @@ from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.compiler import Compiler
 from memuse_kit.building.pipeline import check_engine_options
 from memuse_kit.core.errors import KitError
-from memuse_kit.patching import patcher
-from tests.fakelinux import make_fake_buildable_tree
+from tests.fakelinux import patched_fake_tree
 
 GCC = Compiler("gcc-11", "11.3.0", "ccache")
 
@@ -319,12 +318,7 @@ def test_the_scheduler_is_icecream_s_own_setting(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tree(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv("MEMUSE_KIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(preflight, "check_packages", lambda kernel: None)
-    root = make_fake_buildable_tree(tmp_path / "linux")
-    patcher.apply_plan(patcher.plan_patch(root))
-    return root
+    return patched_fake_tree(tmp_path, monkeypatch)
 
 
 @pytest.fixture
