@@ -45,13 +45,13 @@ def test_9p_gets_ipv4_back_only_where_its_kconfig_depends_on_it(tmp_path):
         'config 9P_FS\n\ttristate "Plan 9 Resource Sharing Support (9P2000)"\n'
         "\tdepends on INET && NET_9P\n\tselect NETFS_SUPPORT\n\thelp\n\t  text\n"
     )
-    assert kconfig.virtme_root_args(tmp_path) == ["--enable", "INET"]
+    assert kconfig.virtme_root_needs(tmp_path) == ["INET"]
     kconfig_9p.write_text(  # 7.2
         'config 9P_FS\n\ttristate "Plan 9 Resource Sharing Support (9P2000)"\n'
         "\tdepends on NET_9P\n\tselect NETFS_SUPPORT\n\thelp\n\t  INET is not needed\n"
         "\nconfig 9P_FS_POSIX_ACL\n\tdepends on INET\n"
     )
-    assert kconfig.virtme_root_args(tmp_path) == []
+    assert kconfig.virtme_root_needs(tmp_path) == []
 
 
 def test_an_option_the_kit_turned_on_for_the_root_is_no_unmet_request(tmp_path, capsys):

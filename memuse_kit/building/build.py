@@ -74,6 +74,10 @@ def _make(bd: BuildDir, cc: compiler.Compiler, jobs: int) -> List[str]:
     return ["make", f"O={bd.obj}", f"-j{jobs}", *cc.make_args()]
 
 
+def _ccache_dir() -> str:
+    return os.environ.get("CCACHE_DIR", str(ccache_dir()))
+
+
 def _env(cc: compiler.Compiler, tree: Path, extra: Optional[Dict[str, str]] = None) -> dict:
     # A fixed build number and a timestamp that moves only when the kit's edits do keep
     # init/utsversion unchanged, so a no-op build relinks nothing and repackages nothing.
@@ -89,7 +93,7 @@ def _env(cc: compiler.Compiler, tree: Path, extra: Optional[Dict[str, str]] = No
     if path != os.environ.get("PATH"):
         env["PATH"] = path  # modules_install runs depmod, which is in /usr/sbin
     if cc.ccache:
-        env["CCACHE_DIR"] = os.environ.get("CCACHE_DIR", str(ccache_dir()))
+        env["CCACHE_DIR"] = _ccache_dir()
     env.update(extra or {})
     return env
 
@@ -309,8 +313,7 @@ class Builder:
     def _ccache_counts(self) -> Optional[ccache_stats.Counts]:
         if self.runner.dry_run or self.cc is None or not self.cc.ccache:
             return None
-        env = {"CCACHE_DIR": _env(self.cc, self.tree)["CCACHE_DIR"]}
-        return ccache_stats.snapshot(self.cc.ccache, env, Runner())
+        return ccache_stats.snapshot(self.cc.ccache, {"CCACHE_DIR": _ccache_dir()}, self.runner)
 
     def _record_where_the_time_went(
         self, progress: BuildProgress, before: Optional[ccache_stats.Counts]
@@ -453,12 +456,11 @@ def _seconds(value: float) -> str:
 
 
 def build(options: BuildOptions) -> BuildResult:
-    result = Builder(options).run()
+    builder = Builder(options)
+    result = builder.run()
     if options.dry_run:
         return result
-    record = result.build_dir.read_record()
-    if record is not None:
-        say(where_the_time_went(record), sys.stderr)  # beside the progress lines
+    say(where_the_time_went(builder.writer.record), sys.stderr)  # beside the progress lines
     if result.compiled == 0:
         report("nothing to compile: the kernel was up to date")
     if not options.packages:

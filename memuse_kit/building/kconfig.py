@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -102,6 +103,12 @@ def parse_options(text: str) -> Dict[str, str]:
     return options
 
 
+def built_options(obj: Path) -> Dict[str, str]:
+    """The options of the configuration a build directory's obj/ holds; empty without one."""
+    config = obj / ".config"
+    return parse_options(config.read_text()) if config.is_file() else {}
+
+
 def running_config_path() -> Path:
     return Path("/boot") / f"config-{os.uname().release}"
 
@@ -154,10 +161,11 @@ def p9_needs_inet(tree: Path) -> bool:
     return bool(_9P_NEEDS_INET.search(_read(tree / "fs/9p/Kconfig")))
 
 
-def virtme_root_args(tree: Path) -> List[str]:
-    """scripts/config edits a tree needs to mount virtme-ng's 9p root, read from its sources."""
-    args = ["--enable", "BLOCK"] if root_needs_block(tree) else []
-    return args + (["--enable", "INET"] if p9_needs_inet(tree) else [])
+def virtme_root_needs(tree: Path) -> List[str]:
+    """The options (without CONFIG_) a tree needs to mount virtme-ng's 9p root, read from its
+    sources."""
+    return [name for name, needed in (("BLOCK", root_needs_block), ("INET", p9_needs_inet))
+            if needed(tree)]  # fmt: skip
 
 
 def cmdline_args(current: Optional[str]) -> List[str]:
@@ -181,6 +189,12 @@ class ConfigRequest:
     btf_ok: bool = False
     # lsmod output (or /proc/modules) to trim the configuration to with make localmodconfig
     lsmod: Optional[Path] = None
+
+    @cached_property
+    def root_needs(self) -> List[str]:
+        """Options the kit turns on for virtme-ng's root (read once: generate() and the
+        inputs' digest both use them)."""
+        return virtme_root_needs(self.tree) if self.profile.virtme_root else []
 
 
 def localmodconfig(request: ConfigRequest, candidate: Path, runner: Runner) -> None:
@@ -227,12 +241,11 @@ def generate(request: ConfigRequest, runner: Runner) -> Path:
     edits = sanitize_args(request.kernel, request.debug_info, request.btf_ok)
     current = None if runner.dry_run else parse_options(candidate.read_text()).get("CONFIG_CMDLINE")
     edits += cmdline_args(current)
-    root_edits = virtme_root_args(tree) if request.profile.virtme_root else []
-    edits += root_edits
+    edits += [arg for name in request.root_needs for arg in ("--enable", name)]
     runner.run([str(tree / "scripts/config"), "--file", str(candidate), *edits], cwd=tree)
     runner.run([*make, "olddefconfig"], cwd=tree)
     if not runner.dry_run:
-        _warn_unmet(candidate, request.fragments, {f"CONFIG_{n}" for n in root_edits[1::2]})
+        _warn_unmet(candidate, request.fragments, {f"CONFIG_{n}" for n in request.root_needs})
     return candidate
 
 
@@ -287,8 +300,7 @@ def inputs_digest(request: ConfigRequest) -> Optional[str]:
     _feed(digest, "options", f"{request.debug_info} {request.btf_ok}".encode())
     _feed(digest, "base", _base_identity(request))
     # the edits a virtme-ng root needs, read from the tree's init/do_mounts.c and fs/9p/Kconfig
-    root_edits = virtme_root_args(request.tree) if request.profile.virtme_root else []
-    _feed(digest, "virtme root", " ".join(root_edits).encode())
+    _feed(digest, "virtme root", " ".join(request.root_needs).encode())
     for path in [*request.fragments, *([request.lsmod] if request.lsmod else [])]:
         _feed(digest, str(path), path.read_bytes())
     _feed(digest, "auto.conf.cmd", (request.obj / "include/config/auto.conf.cmd").read_bytes())

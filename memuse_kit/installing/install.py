@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from memuse_kit.building import artifacts
 from memuse_kit.building.builddir import BuildDir
-from memuse_kit.building.kconfig import parse_options
+from memuse_kit.building.kconfig import built_options
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import report, warn
 from memuse_kit.core.runner import Runner
@@ -201,10 +201,9 @@ def check_boots_a_machine(bd: BuildDir) -> None:
 
     Packages handed in without their build directory are not checked: nothing to read.
     """
-    config = bd.obj / ".config"
-    if not config.is_file():
+    options = built_options(bd.obj)
+    if not options:
         return
-    options = parse_options(config.read_text())
     missing = [name for name in MACHINE_OPTIONS if options.get(name) != "y"]
     if missing:
         raise KitError(

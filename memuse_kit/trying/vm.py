@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
 from memuse_kit.building.builddir import BuildDir
-from memuse_kit.building.kconfig import parse_options
+from memuse_kit.building.kconfig import built_options
 from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import problem, report, say
@@ -150,10 +150,9 @@ def root_args(build: BuildDir) -> List[str]:
     a root so named through the block layer: a kernel without one needs root=/dev/root (the
     9p share's tag), which it then mounts as a filesystem that has no device.
     """
-    config = build.obj / ".config"
-    if not config.is_file():
+    options = built_options(build.obj)
+    if not options:
         return []
-    options = parse_options(config.read_text())
     args = [] if options.get("CONFIG_VIRTIO_FS") == "y" else ["--force-9p"]
     if options.get("CONFIG_BLOCK") != "y":
         args += ["--append", "root=/dev/root"]
