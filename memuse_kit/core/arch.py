@@ -1,0 +1,111 @@
+"""What memuse-kit knows of each architecture it builds for and boots: one entry each.
+
+Everything arch-bound reads its facts here: the kernel's ARCH and the cross compiler, the
+image, the Debian architecture of packages and guests, QEMU's system and machine, the
+configuration fragments of the fast VM kernel, the prefix of the syscall's kernel symbol.
+x86_64 is the host's own architecture here; arm64 is cross-built and booted under TCG.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from memuse_kit.core.errors import KitError
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str  # the --arch value
+    kernel_arch: str  # make ARCH=
+    # the GNU triplet of the cross tools (CROSS_COMPILE=<triplet>-), None when native
+    cross_triplet: Optional[str]
+    machines: Tuple[str, ...]  # what uname -m says on such a machine
+    image_target: str  # make target of the boot image
+    image_path: str  # in the build's obj/ directory
+    debian_arch: str
+    qemu_system: str
+    qemu_apt: str  # the Debian package with qemu_system
+    qemu_machine: Tuple[str, ...]  # -machine ... -cpu ... and the like
+    console: str  # the serial console's device name
+    # the `vm` configuration: its fragments over allnoconfig (in templates/config)
+    vm_fragments: Tuple[str, ...]
+    syscall_symbol_prefix: str  # SYSCALL_DEFINE's wrapper: __x64_sys_memuse
+    # the apt packages with the C compiler, the plain one first, then one per version
+    compiler_apt: Tuple[str, ...]
+
+    @property
+    def cross_compile(self) -> Optional[str]:
+        return f"{self.cross_triplet}-" if self.cross_triplet else None
+
+    def compiler_command(self, plain: str) -> str:
+        """gcc-11 -> aarch64-linux-gnu-gcc-11 for a cross build, gcc-11 for a native one."""
+        return f"{self.cross_compile}{plain}" if self.cross_compile else plain
+
+    def make_args(self) -> Tuple[str, ...]:
+        """ARCH= and CROSS_COMPILE= for every make of a tree built for this architecture."""
+        args = [f"ARCH={self.kernel_arch}"]
+        if self.cross_compile:
+            args.append(f"CROSS_COMPILE={self.cross_compile}")
+        return tuple(args)
+
+    def is_host(self) -> bool:
+        return platform.machine() in self.machines
+
+
+X86_64 = Arch(
+    name="x86_64",
+    kernel_arch="x86",
+    cross_triplet=None,
+    machines=("x86_64", "amd64"),
+    image_target="bzImage",
+    image_path="arch/x86/boot/bzImage",
+    debian_arch="amd64",
+    qemu_system="qemu-system-x86_64",
+    qemu_apt="qemu-system-x86",
+    qemu_machine=("-machine", "q35"),
+    console="ttyS0",
+    vm_fragments=("vm.config",),
+    syscall_symbol_prefix="__x64_sys_",
+    compiler_apt=("gcc", "gcc-11"),
+)
+
+ARM64 = Arch(
+    name="arm64",
+    kernel_arch="arm64",
+    cross_triplet="aarch64-linux-gnu",
+    machines=("aarch64", "arm64"),
+    image_target="Image",
+    image_path="arch/arm64/boot/Image",
+    debian_arch="arm64",
+    qemu_system="qemu-system-aarch64",
+    qemu_apt="qemu-system-arm",
+    # cortex-a72: ARMv8.0 without pointer authentication, which TCG emulates slowly
+    qemu_machine=("-machine", "virt", "-cpu", "cortex-a72"),
+    console="ttyAMA0",
+    vm_fragments=("vm-arm64.config",),
+    syscall_symbol_prefix="__arm64_sys_",
+    compiler_apt=("gcc-aarch64-linux-gnu", "gcc-11-aarch64-linux-gnu"),
+)
+
+ARCHES: Dict[str, Arch] = {arch.name: arch for arch in (X86_64, ARM64)}
+ALIASES = {"amd64": "x86_64", "x86": "x86_64", "aarch64": "arm64"}
+DEFAULT = X86_64
+
+
+def get(name: Optional[str]) -> Arch:
+    """The entry for --arch NAME (None: x86_64); one clear line for an unknown name."""
+    if name is None:
+        return DEFAULT
+    key = ALIASES.get(name, name)
+    if key not in ARCHES:
+        raise KitError(f"--arch {name}: memuse-kit knows {', '.join(ARCHES)}")
+    return ARCHES[key]
+
+
+def of_kernel_arch(kernel_arch: str) -> Arch:
+    for arch in ARCHES.values():
+        if arch.kernel_arch == kernel_arch:
+            return arch
+    raise KitError(f"no architecture entry for the kernel's ARCH={kernel_arch}")
