@@ -110,6 +110,7 @@ def patches(c: Context, check: bool = False, tree: Optional[List[str]] = None) -
         "jobs": "parallel jobs (default: number of CPUs, or the helpers' slots)",
         "distcc": "compile on these distcc helpers: distcc's hosts, e.g. 'box1/8 box2:3632/4'",
         "icecream": "compile on the helpers of icecream's scheduler (icecc, $ICECC_SCHEDULER)",
+        "arch": "x86_64 (default) or arm64 (cross-compiled; configs vm and vm-debug)",
         "dry-run": "print the commands, run nothing",
     },
 )
@@ -129,20 +130,24 @@ def build(
     packages: bool = True,
     distcc: Optional[str] = None,
     icecream: bool = False,
+    arch: Optional[str] = None,
     dry_run: bool = False,
 ) -> None:
     """Build .deb packages of the patched kernel (fetching and patching first if needed)."""
     from memuse_kit.building.kconfig import default_config
     from memuse_kit.building.pipeline import build_chain
+    from memuse_kit.core import arch as arches
     from memuse_kit.core.options import parse_jobs
     from memuse_kit.trees.workspace import check_not_empty
 
     check_not_empty(config, "--config")
+    target = arches.get(arch)
     parallel = parse_jobs(jobs)
+    native = target is arches.DEFAULT
     result = build_chain(
         handed_tree(c, tree, source),
         source,
-        default_config() if config is None else config,
+        config or (default_config() if native else "vm"),
         fragment or [],
         localmodconfig=localmodconfig,
         lsmod=lsmod,
@@ -153,6 +158,7 @@ def build(
         dry_run=dry_run,
         distcc=distcc,
         icecream=icecream,
+        arch=target.name,
         **({"jobs": parallel} if parallel else {}),
     )
     if result is not None:
@@ -219,7 +225,9 @@ def uninstall(
         "memory": "guest memory (default 3G)",
         "accel": "auto (default: KVM only where it really boots), kvm or tcg",
         "timeout": "seconds before the VM is stopped (default 900)",
-        "dry-run": "print the vng command, run nothing",
+        "arch": "boot the build for this architecture: x86_64 (default) or arm64 (QEMU's "
+        "virt machine, TCG, a Debian arm64 root)",
+        "dry-run": "print the QEMU (or vng) command, run nothing",
     }
 )
 @one_line_errors
@@ -231,6 +239,7 @@ def vm(
     memory: str = "3G",
     accel: str = "auto",
     timeout: str = "900",
+    arch: Optional[str] = None,
     dry_run: bool = False,
 ) -> None:
     """Boot the built kernel in QEMU, run a command as root (after --), exit with its status.
@@ -242,7 +251,7 @@ def vm(
     handed = handed_build(c, tree, source, config)
     chosen = handed_tree(c, tree, source)
     status = vm_command(
-        chosen, source, config, c.remainder, memory, accel, timeout, dry_run, handed
+        chosen, source, config, c.remainder, memory, accel, timeout, dry_run, handed, arch
     )
     remember_tree(tree, dry_run)
     if status:
@@ -268,6 +277,7 @@ def machine(c: Context, create: bool = False, rebuild: bool = False) -> None:
         "name": "module under memuse_kit/templates/ (default: hello)",
         "tree": "kernel tree whose build to compile against",
         "config": "which build of the tree (default: the latest successful one)",
+        "arch": "the build for this architecture: x86_64 (default) or arm64",
         "dry-run": "print the make command, run nothing",
     }
 )
@@ -277,13 +287,14 @@ def module(
     name: str = "hello",
     tree: Optional[str] = None,
     config: Optional[str] = None,
+    arch: Optional[str] = None,
     dry_run: bool = False,
 ) -> None:
     """Build an out-of-tree module (Part 1 of the report: hello) against the built kernel."""
     from memuse_kit.trying.vm_step import module_command
 
     handed = handed_build(c, tree, None, config)
-    module_command(name, handed_tree(c, tree, None), config, dry_run, handed)
+    module_command(name, handed_tree(c, tree, None), config, dry_run, handed, arch)
     remember_tree(tree, dry_run)
 
 

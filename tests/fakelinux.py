@@ -498,17 +498,27 @@ RELEASE := {major}.{minor}.{sublevel}-memuse
 include kernel/Makefile
 SRCS := $(obj-y:%.o=kernel/%.c)
 OBJS := $(SRCS:%.c=$(O)/%.o)
-IMAGE := $(O)/arch/x86/boot/bzImage
+# ARCH=arm64 (a cross build) sets CONFIG_ARM64 and makes arm64's image, as kbuild does
+ARCH ?= x86
+ifeq ($(ARCH),arm64)
+IMAGE_NAME := arch/arm64/boot/Image
+ARCH_OPTION := CONFIG_ARM64=y\\n
+else
+IMAGE_NAME := arch/x86/boot/bzImage
+ARCH_OPTION :=
+endif
+IMAGE := $(O)/$(IMAGE_NAME)
 
 all: $(IMAGE)
 
 defconfig:
 \t@mkdir -p $(O)
-\t@printf 'CONFIG_64BIT=y\\nCONFIG_MODULES=y\\nCONFIG_ACPI=y\\nCONFIG_BLOCK=y\\n' > $(CFG)
+\t@printf '$(ARCH_OPTION)' > $(CFG)
+\t@printf 'CONFIG_64BIT=y\\nCONFIG_MODULES=y\\nCONFIG_ACPI=y\\nCONFIG_BLOCK=y\\n' >> $(CFG)
 
 allnoconfig:
 \t@mkdir -p $(O)
-\t@printf 'CONFIG_64BIT=y\\n# CONFIG_MODULES is not set\\n' > $(CFG)
+\t@printf '$(ARCH_OPTION)CONFIG_64BIT=y\\n# CONFIG_MODULES is not set\\n' > $(CFG)
 
 olddefconfig:
 \t@test -f $(CFG)
@@ -530,7 +540,7 @@ $(IMAGE): $(OBJS) $(O)/include/config/auto.conf.cmd
 \t@mkdir -p $(dir $@) $(O)/include/config
 \t@echo $(RELEASE) > $(O)/include/config/kernel.release
 \t@cat $(OBJS) > $@
-\t@echo "Kernel: arch/x86/boot/bzImage is ready"
+\t@echo "Kernel: $(IMAGE_NAME) is ready"
 
 bindeb-pkg: all
 \t@sh scripts/package/builddeb $(O) $(RELEASE) $(KDEB_PKGVERSION)

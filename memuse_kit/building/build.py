@@ -23,6 +23,7 @@ from memuse_kit.building import (
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.metadata import RecordWriter
 from memuse_kit.building.progress import BuildProgress
+from memuse_kit.core import arch as arches
 from memuse_kit.core import atomic
 from memuse_kit.core.cache import ccache_dir
 from memuse_kit.core.clock import now
@@ -53,12 +54,19 @@ class BuildOptions:
     packages: bool = True  # False: compile and link only, for invoke vm (bindeb-pkg skipped)
     distcc: Optional[str] = None  # distcc's host list: compile the objects on those helpers
     icecream: bool = False  # compile the objects on the helpers of icecream's scheduler
+    arch: str = arches.DEFAULT.name  # the architecture to build for (core/arch.py)
+
+    @property
+    def target(self) -> arches.Arch:
+        return arches.get(self.arch)
 
     @property
     def label(self) -> str:
-        """Names the build directory: a trimmed configuration is a build of its own."""
+        """Names the build directory: a trimmed configuration is a build of its own, and so is
+        another architecture's (x86_64's keep their names)."""
         trimmed = self.localmodconfig or self.lsmod is not None
-        return f"{self.config}-localmodconfig" if trimmed else self.config
+        name = f"{self.config}-localmodconfig" if trimmed else self.config
+        return name + arches.label_suffix(self.target)
 
 
 @dataclass
@@ -147,12 +155,14 @@ class Builder:
 
     def _compiler(self) -> compiler.Compiler:
         try:
-            return compiler.pick(self.kernel, self.options.use_ccache)
+            return compiler.pick(self.kernel, self.options.use_ccache, self.options.target)
         except KitError as error:
             if not self.options.dry_run:
                 raise
             report(f"# a real build would stop here: {error}")
-            return compiler.Compiler(compiler.rule_for(self.kernel).candidates[0], "?", None)
+            target = self.options.target
+            command = target.compiler_command(compiler.rule_for(self.kernel).candidates[0])
+            return compiler.Compiler(command, "?", None, arch_args=target.make_args())
 
     def preflight(self) -> None:
         self._precondition(preflight.check_not_root)
@@ -204,6 +214,9 @@ class Builder:
     def _farm(self, cc: compiler.Compiler) -> Optional[distributed.Farm]:
         """The helpers --distcc or --icecream name, each checked with a test compile."""
         farm = None
+        wanted = self.options.distcc is not None or self.options.icecream
+        if wanted and self.options.target is not arches.DEFAULT:
+            raise KitError(f"--distcc and --icecream build x86_64 only, not {self.options.arch}")
         if self.options.distcc is not None:
             farm = distributed.parse_distcc_hosts(self.options.distcc)
         elif self.options.icecream:
@@ -242,7 +255,7 @@ class Builder:
             # still what memuse-kit wrote last, so a later run knows the user's edits
             self.writer.record.config["sha256"] = written
             return
-        profile = kconfig.profile_for(self.options.config)
+        profile = kconfig.profile_for(self.options.config, self.options.target)
         lsmod = self._module_list()
         request = kconfig.ConfigRequest(
             tree=self.tree,
@@ -254,6 +267,7 @@ class Builder:
             debug_info=self.options.debug_info,
             btf_ok=self.btf_ok,
             lsmod=lsmod,
+            arch=self.options.target,
         )
         inputs = kconfig.inputs_digest(request)
         self.writer.record.config["inputs_sha256"] = inputs

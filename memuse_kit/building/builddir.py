@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from memuse_client.build_record import FILE_NAME, BuildRecord, RecordError, read_record
+from memuse_kit.core import arch as arches
+from memuse_kit.core.arch import Arch
 from memuse_kit.core.cache import builds_dir
 from memuse_kit.core.errors import KitError
 
@@ -25,8 +27,9 @@ class BuildDir:
         return cls(builds_dir() / f"{resolved.name}-{digest}-{label}")
 
     @classmethod
-    def latest_for_tree(cls, tree: Path) -> Optional[BuildDir]:
-        """The most recently finished successful build of a tree, any configuration."""
+    def latest_for_tree(cls, tree: Path, arch: Arch = arches.DEFAULT) -> Optional[BuildDir]:
+        """The most recently finished successful build of a tree for an architecture, any
+        configuration."""
         probe = cls.for_tree(tree, "x")
         prefix = probe.root.name[: -len("x")]
         candidates = []
@@ -36,7 +39,9 @@ class BuildDir:
                 record = bd.read_record()
             except KitError:
                 continue  # damaged, or from another memuse-kit: not a build to use
-            if record is not None and record.succeeded and bd.image().is_file():
+            if record is None or not record.succeeded or bd.arch() is not arch:
+                continue
+            if bd.image().is_file():
                 candidates.append((record.finished, bd))
         return max(candidates, key=lambda item: item[0])[1] if candidates else None
 
@@ -74,17 +79,32 @@ class BuildDir:
         path = self.obj / "include/config/kernel.release"
         return path.read_text().strip() if path.is_file() else None
 
+    def arch(self) -> Arch:
+        """The architecture obj/.config is for (x86_64 before there is one)."""
+        config = self.obj / ".config"
+        text = config.read_text(errors="replace") if config.is_file() else ""
+        return arches.of_config(text) or arches.DEFAULT
+
     def image(self) -> Path:
-        return self.obj / "arch/x86/boot/bzImage"
+        return self.obj / self.arch().image_path
 
 
-def find_build(tree: Path, config: Optional[str], handed: Optional[Path] = None) -> BuildDir:
+def find_build(
+    tree: Path,
+    config: Optional[str],
+    handed: Optional[Path] = None,
+    arch: Arch = arches.DEFAULT,
+) -> BuildDir:
     """The build this command line made (handed on), else --config's, else the latest."""
     if handed is not None:
         return BuildDir(handed)
     if config:
-        return BuildDir.for_tree(tree, config)
-    latest = BuildDir.latest_for_tree(tree)
+        return BuildDir.for_tree(tree, config + arches.label_suffix(arch))
+    latest = BuildDir.latest_for_tree(tree, arch)
     if latest is None:
-        raise KitError(f"{tree} has no successful build yet: run invoke build --config vm")
+        native = arch is arches.DEFAULT
+        which, flag = ("", "") if native else (f" {arch.name}", f" --arch {arch.name}")
+        raise KitError(
+            f"{tree} has no successful{which} build yet: run invoke build{flag} --config vm"
+        )
     return latest

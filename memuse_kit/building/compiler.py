@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
 
+from memuse_kit.core.arch import DEFAULT, Arch
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.runner import Runner
 from memuse_kit.trees.kernel_version import KernelVersion
@@ -38,11 +39,16 @@ class Compiler:
     # distcc or icecc in front of CC; with ccache it goes in CCACHE_PREFIX instead, so that
     # CC and HOSTCC read as in a local build (building/distributed.py)
     launcher: Optional[str] = None
+    # a cross build: the native compiler for the host programs, and ARCH=/CROSS_COMPILE=
+    host_command: Optional[str] = None
+    arch_args: Tuple[str, ...] = ()
 
     def make_args(self) -> Sequence[str]:
-        host = f"{self.ccache} {self.command}" if self.ccache else self.command
-        cc = f"{self.launcher} {self.command}" if self.launcher and not self.ccache else host
-        return (f"CC={cc}", f"HOSTCC={host}")
+        cached = f"{self.ccache} {self.command}" if self.ccache else self.command
+        cc = f"{self.launcher} {self.command}" if self.launcher and not self.ccache else cached
+        native = self.host_command or self.command
+        host = f"{self.ccache} {native}" if self.ccache else native
+        return (*self.arch_args, f"CC={cc}", f"HOSTCC={host}")
 
 
 def rule_for(kernel: KernelVersion) -> CompilerRule:
@@ -59,13 +65,30 @@ def version_of(command: str) -> str:
     return match.group(1) if match else first.strip()
 
 
-def pick(kernel: KernelVersion, use_ccache: bool = True) -> Compiler:
+def apt_package(rule: CompilerRule, arch: Arch) -> str:
+    """gcc-11 -> gcc-11-aarch64-linux-gnu, gcc -> gcc-aarch64-linux-gnu for a cross build."""
+    if arch.cross_triplet is None:
+        return rule.apt_package
+    return f"{rule.apt_package}-{arch.cross_triplet}"
+
+
+def pick(kernel: KernelVersion, use_ccache: bool = True, arch: Arch = DEFAULT) -> Compiler:
+    """The compiler of the tree's rule for the architecture; a cross build also takes the
+    host's own gcc for the programs kbuild runs while it builds."""
     rule = rule_for(kernel)
-    for candidate in rule.candidates:
+    ccache = "ccache" if use_ccache and shutil.which("ccache") else None
+    for candidate in map(arch.compiler_command, rule.candidates):
         if shutil.which(candidate):
-            ccache = shutil.which("ccache") if use_ccache else None
-            return Compiler(candidate, version_of(candidate), "ccache" if ccache else None)
+            found = Compiler(candidate, version_of(candidate), ccache)
+            return found if arch.cross_triplet is None else _cross(found, kernel, arch)
+    candidates = " or ".join(map(arch.compiler_command, rule.candidates))
+    target = f" for {arch.name}" if arch.cross_triplet else ""
     raise KitError(
-        f"Linux {kernel} needs {' or '.join(rule.candidates)} ({rule.why}): "
-        f"sudo apt-get install {rule.apt_package}"
+        f"Linux {kernel}{target} needs {candidates} ({rule.why}): "
+        f"sudo apt-get install {apt_package(rule, arch)}"
     )
+
+
+def _cross(target: Compiler, kernel: KernelVersion, arch: Arch) -> Compiler:
+    native = pick(kernel, use_ccache=False)
+    return replace(target, host_command=native.command, arch_args=arch.make_args())

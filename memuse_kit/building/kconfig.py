@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from memuse_kit.building.compiler import Compiler
+from memuse_kit.core import arch as arches
 from memuse_kit.core import atomic
+from memuse_kit.core.arch import Arch
 from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import warn
@@ -72,12 +74,28 @@ def default_config() -> str:
     return "running" if running_config_path().is_file() else "vm-full"
 
 
-def profile_for(config: str) -> Profile:
-    if config in PROFILES:
-        return PROFILES[config]
+def arch_profiles(arch: Arch) -> Dict[str, Profile]:
+    """The profiles of an architecture. Another architecture than x86_64 has the fast `vm`
+    kernel (its own fragments over allnoconfig) and `vm-debug` on top of it: its defconfig
+    builds every board's drivers, and the GRUB test machine is x86_64's."""
+    if arch is arches.DEFAULT:
+        return PROFILES
+    vm = Profile("allnoconfig", arch.vm_fragments, f"the fast {arch.name} kernel for QEMU", True)
+    debug = Profile(vm.base, (*vm.fragments, "debug.config"), "vm with KASAN and lockdep", True)
+    profiles = {"vm": vm, "vm-debug": debug}
+    if arch.is_host():
+        profiles["running"] = PROFILES["running"]
+    return profiles
+
+
+def profile_for(config: str, arch: Arch = arches.DEFAULT) -> Profile:
+    profiles = arch_profiles(arch)
+    if config in profiles:
+        return profiles[config]
     path = Path(config).expanduser()
     if not path.is_file():
-        raise KitError(f"--config {config}: not one of {', '.join(PROFILES)} and not a file")
+        which = "" if arch is arches.DEFAULT else f" for {arch.name}"
+        raise KitError(f"--config {config}: not one of {', '.join(profiles)}{which} and not a file")
     return Profile(str(path.resolve()))
 
 
@@ -189,6 +207,7 @@ class ConfigRequest:
     btf_ok: bool = False
     # lsmod output (or /proc/modules) to trim the configuration to with make localmodconfig
     lsmod: Optional[Path] = None
+    arch: Arch = arches.DEFAULT
 
     @cached_property
     def root_needs(self) -> List[str]:
@@ -314,7 +333,8 @@ def _base_identity(request: ConfigRequest) -> bytes:
     defconfig, nothing for allnoconfig, the file itself for a configuration file."""
     base = request.profile.base
     if base == "defconfig":
-        defconfigs = sorted((request.tree / "arch/x86/configs").glob("*defconfig"))
+        configs = request.tree / "arch" / request.arch.kernel_arch / "configs"
+        defconfigs = sorted(configs.glob("*defconfig"))
         listing = b"\n".join(str(p).encode() + b" " + _stat_line(p) for p in defconfigs)
         return b"defconfig\n" + listing
     if base in MAKE_BASES:

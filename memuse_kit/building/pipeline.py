@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from memuse_kit.building import distributed, kconfig, preflight
 from memuse_kit.building.build import BuildOptions, BuildResult, build
+from memuse_kit.core import arch as arches
 from memuse_kit.core.cache import builds_dir, trees_dir
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import report
@@ -45,14 +46,15 @@ def build_chain(
 ) -> Optional[BuildResult]:
     dry_run = bool(flags.get("dry_run"))
     check_engine_options(flags.get("distcc"), bool(flags.get("icecream")))
+    target = arches.get(str(flags.get("arch") or arches.DEFAULT.name))
     if not dry_run:
         # what stops the build anyway stops it before anything is fetched or patched
         preflight.check_not_root()
-        kconfig.fragment_paths(kconfig.profile_for(config), fragments)
+        kconfig.fragment_paths(kconfig.profile_for(config, target), fragments)
     try:
         root = resolve_tree(tree, source, dry_run=dry_run)
     except NotFetched as missing:
-        _plan_unfetched(missing.spec, config, fragments)
+        _plan_unfetched(missing.spec, config, fragments, target)
         return None
     plan = ensure_patched(root, dry_run=dry_run)
     from memuse_kit.trees.fetch import source_record
@@ -71,9 +73,10 @@ def check_engine_options(distcc: object, icecream: bool) -> None:
         distributed.parse_distcc_hosts(str(distcc))
 
 
-def _plan_unfetched(spec: str, config: str, fragments: Sequence[str]) -> None:
+def _plan_unfetched(spec: str, config: str, fragments: Sequence[str], target: arches.Arch) -> None:
     """The whole plan of a build whose tree is not fetched yet: nothing can be run or read."""
-    kconfig.fragment_paths(kconfig.profile_for(config), fragments)  # the same checks as a build
+    # the same checks as a build
+    kconfig.fragment_paths(kconfig.profile_for(config, target), fragments)
     extra = "".join(f" + {fragment}" for fragment in fragments)
     for line in (
         f"# fetch: would download and unpack {spec} into {trees_dir()}",

@@ -22,6 +22,7 @@ class Arch:
     # the GNU triplet of the cross tools (CROSS_COMPILE=<triplet>-), None when native
     cross_triplet: Optional[str]
     machines: Tuple[str, ...]  # what uname -m says on such a machine
+    config_symbol: str  # the option a .config of this architecture sets
     image_target: str  # make target of the boot image
     image_path: str  # in the build's obj/ directory
     debian_arch: str
@@ -59,6 +60,7 @@ X86_64 = Arch(
     kernel_arch="x86",
     cross_triplet=None,
     machines=("x86_64", "amd64"),
+    config_symbol="CONFIG_X86_64",
     image_target="bzImage",
     image_path="arch/x86/boot/bzImage",
     debian_arch="amd64",
@@ -76,6 +78,7 @@ ARM64 = Arch(
     kernel_arch="arm64",
     cross_triplet="aarch64-linux-gnu",
     machines=("aarch64", "arm64"),
+    config_symbol="CONFIG_ARM64",
     image_target="Image",
     image_path="arch/arm64/boot/Image",
     debian_arch="arm64",
@@ -104,8 +107,13 @@ def get(name: Optional[str]) -> Arch:
     return ARCHES[key]
 
 
-def of_kernel_arch(kernel_arch: str) -> Arch:
-    for arch in ARCHES.values():
-        if arch.kernel_arch == kernel_arch:
-            return arch
-    raise KitError(f"no architecture entry for the kernel's ARCH={kernel_arch}")
+def of_config(text: str) -> Optional[Arch]:
+    """The architecture a .config's text is for; None when no entry's option is set."""
+    lines = set(text.splitlines())
+    return next((a for a in ARCHES.values() if f"{a.config_symbol}=y" in lines), None)
+
+
+def label_suffix(arch: Arch) -> str:
+    """What a build directory's name gains: nothing for x86_64 (its builds keep their names),
+    -arm64 for arm64."""
+    return "" if arch is DEFAULT else f"-{arch.name}"

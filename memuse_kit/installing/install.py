@@ -9,6 +9,7 @@ Every check runs before the first command that changes the machine.
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -204,6 +205,12 @@ def check_boots_a_machine(bd: BuildDir) -> None:
     options = built_options(bd.obj)
     if not options:
         return
+    if not bd.arch().is_host():
+        raise KitError(
+            f"the kernel in {bd.root} is for {bd.arch().name}, this machine is "
+            f"{platform.machine()}: copy the build directory to an {bd.arch().name} machine and "
+            "run invoke install --build-dir there, or boot it here with invoke vm"
+        )
     missing = [name for name in MACHINE_OPTIONS if options.get(name) != "y"]
     if missing:
         raise KitError(

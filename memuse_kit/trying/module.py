@@ -35,7 +35,7 @@ def build_module(name: str, tree: Path, bd: BuildDir, dry_run: bool = False) -> 
             target = work / item.name
             if not target.exists() or target.read_bytes() != item.read_bytes():
                 shutil.copyfile(item, target)
-    cc = compiler.pick(read_tree_version(tree), use_ccache=False)
+    cc = compiler.pick(read_tree_version(tree), use_ccache=False, arch=bd.arch())
     cmd = ["make", "-C", str(bd.obj), f"M={work}", *cc.make_args(), "modules"]
     Runner(dry_run=dry_run).run(cmd)
     module = work / f"{name}.ko"

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Union
 
-from memuse_kit.building.builddir import find_build
+from memuse_kit.building.builddir import BuildDir, find_build
+from memuse_kit.core import arch as arches
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.options import parse_memory, parse_timeout
 from memuse_kit.trees.workspace import check_not_empty, resolve_tree
@@ -35,7 +36,9 @@ def vm_command(
     timeout: Union[str, float],
     dry_run: bool,
     handed: Optional[Path] = None,
+    arch: Optional[str] = None,
 ) -> int:
+    target = arches.get(arch)
     if accel not in ("auto", "kvm", "tcg"):
         raise KitError(f"--accel {accel}: use auto, kvm or tcg")
     seconds = parse_timeout(timeout)
@@ -44,7 +47,7 @@ def vm_command(
     root = resolve_tree(tree, source, dry_run=dry_run)
     command = guest_command(remainder, sys.argv)
     options = VmOptions(
-        build=find_build(root, config, handed),
+        build=_build_for(find_build(root, config, handed, target), target, arch is not None),
         command=command,
         memory=size,
         accel=accel,
@@ -60,9 +63,20 @@ def module_command(
     config: Optional[str],
     dry_run: bool,
     handed: Optional[Path] = None,
+    arch: Optional[str] = None,
 ) -> None:
     check_not_empty(name, "--name")
     module_source(name)
     check_not_empty(config, "--config")
+    target = arches.get(arch)
     root = resolve_tree(tree, None, dry_run=dry_run)
-    build_module(name, root, find_build(root, config, handed), dry_run=dry_run)
+    bd = _build_for(find_build(root, config, handed, target), target, arch is not None)
+    build_module(name, root, bd, dry_run=dry_run)
+
+
+def _build_for(bd: BuildDir, target: arches.Arch, asked: bool) -> BuildDir:
+    """The build found, checked against --arch when it was given (a build handed on by
+    `invoke build` is for the architecture that build had)."""
+    if asked and bd.obj.is_dir() and bd.arch() is not target:
+        raise KitError(f"{bd.root} is a build for {bd.arch().name}, not {target.name}")
+    return bd
