@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+from typing import Iterator
 
 import pytest
 
@@ -90,8 +93,21 @@ def test_nr_option_overrides_the_environment(capsys, fake_syscall):
     assert fake_syscall.calls[-1][0] == 451
 
 
-def test_compare_shows_both_backends(capsys, fake_syscall, monkeypatch):
-    status, out, _ = run(capsys, "--compare", ME)
+@pytest.fixture
+def still() -> Iterator[str]:
+    """A stopped process: its memory cannot change between the two backends' reads, where
+    this test process's own could (a page faulted in under load made total differ once)."""
+    child = subprocess.Popen(["sleep", "300"])
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        yield str(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_compare_shows_both_backends(capsys, fake_syscall, monkeypatch, still):
+    status, out, _ = run(capsys, "--compare", still)
     assert status == 0
     assert "vs smaps backend" in out.splitlines()[0]
     rows = out.splitlines()[1:]
@@ -99,7 +115,7 @@ def test_compare_shows_both_backends(capsys, fake_syscall, monkeypatch):
     assert all("syscall" in row and "smaps" in row for row in rows)
     assert "differs" not in out
     monkeypatch.setattr(backends, "raw_memuse", fake_syscall_from_smaps({3: 4096}))
-    status, out, _ = run(capsys, "--compare", ME)
+    status, out, _ = run(capsys, "--compare", still)
     assert [row.split()[0] for row in out.splitlines() if row.endswith("differs")] == ["heap"]
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from memuse_client import smaps
 from memuse_kit.building import compiler
+from memuse_kit.core import arch
+from memuse_kit.core.cache import cache_root
 from memuse_kit.patching import patcher, patchfile, scaffold, shipped, spec
 from memuse_kit.patching.targets import source_path
 from memuse_kit.trees.kernel_version import read_tree_version
@@ -45,11 +47,13 @@ def stub(tmp_path: Path, monkeypatch) -> str:
     return STUB
 
 
-def compile_check(tree: Path, obj: Path, names: Sequence[str]) -> Dict[str, bytes]:
+def compile_check(
+    tree: Path, obj: Path, names: Sequence[str], target: arch.Arch = arch.X86_64
+) -> Dict[str, bytes]:
     """make defconfig && make kernel/<name>.o for each syscall, with the compiler the tool
-    picks; nm's output of each object."""
+    picks for the architecture; nm's output of each object."""
     kernel = read_tree_version(tree)
-    cc = compiler.pick(kernel, use_ccache=bool(shutil.which("ccache")))
+    cc = compiler.pick(kernel, use_ccache=bool(shutil.which("ccache")), arch=target)
     make = ["make", f"O={obj}", f"-j{os.cpu_count() or 1}", *cc.make_args()]
     subprocess.run([*make, "defconfig"], cwd=tree, check=True, capture_output=True)
     objects = [source_path(name).replace(".c", ".o") for name in names]
@@ -114,6 +118,28 @@ def check_tree(cached: Path, name: str, tmp_path: Path, stub: str) -> None:
 @pytest.mark.parametrize("source", MATRIX_SOURCES)
 def test_debian_source_patches_compiles_and_reverts(source, tmp_path, stub):
     check_tree(cached_tree(source), source.replace(":", "-"), tmp_path, stub)
+
+
+# arm64 takes its numbers from asm-generic/unistd.h (and scripts/syscall.tbl from 6.11)
+ARM64_SOURCES = ("debian:6.1", "debian:7.2")
+
+
+@pytest.mark.parametrize("source", ARM64_SOURCES)
+def test_arm64_cross_compiles_the_syscalls_into_arm64_wrappers(source):
+    """arm64's defconfig, cross-compiled: each syscall's object defines __arm64_sys_<name>.
+    The objects stay in the cache between runs, so a run after the first compiles what
+    the patch changed and what depends on it."""
+    name = source.replace(":", "-") + "-arm64"
+    copy = link_copy(cached_tree(source), name)
+    try:
+        patcher.apply_plan(patcher.plan_patch(copy, TESTED_SYSCALLS))
+        obj = cache_root() / "test-scratch" / f"{name}-obj"
+        symbols = compile_check(copy, obj, TESTED_SYSCALLS, arch.ARM64)
+        for syscall in TESTED_SYSCALLS:
+            assert f" T __arm64_sys_{syscall}\n".encode() in symbols[syscall], syscall
+            assert b"__x64_sys_" not in symbols[syscall]
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 @pytest.mark.skipif(not os.environ.get(UPSTREAM_511_ENV), reason=f"set {UPSTREAM_511_ENV}=DIR")
