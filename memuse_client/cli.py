@@ -33,8 +33,9 @@ backends:
   smaps    the same figures computed in userspace from /proc/PID/smaps and smaps_rollup,
            on any kernel. smaps knows nothing of kernel stacks: kernel_stack is THREAD_SIZE
            from the running kernel's config (/proc/config.gz, /boot/config-RELEASE or the
-           build's .config: 16384, 32768 with CONFIG_KASAN) while the task is alive, 0 for
-           a zombie, and "unavailable" (null in JSON) when no config can be read.
+           build's .config: 16384, 32768 with CONFIG_KASAN; on arm64 a page if pages are
+           larger) while the task is alive, 0 for a zombie, and "unavailable" (null in JSON)
+           when no config can be read.
 
 `memuse experiment` runs the lab report's experiment (see memuse experiment --help)."""
 

@@ -14,6 +14,7 @@ headers plus kallsyms, must give that very number) and refused otherwise, unless
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,23 @@ HOW_TO_GET_ONE = (
 KALLSYMS = Path("/proc/kallsyms")
 
 
-def _kallsyms_pattern(name: str) -> re.Pattern[bytes]:
+# SYSCALL_DEFINE's wrapper symbol per machine (uname -m), besides a plain sys_NAME
+SYSCALL_WRAPPERS = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_", "arm64": "__arm64_sys_"}
+ARM64_MACHINES = ("aarch64", "arm64")
+
+
+def _machine(machine: Optional[str]) -> str:
+    return platform.machine() if machine is None else machine
+
+
+def _kallsyms_pattern(name: str, machine: Optional[str] = None) -> re.Pattern[bytes]:
+    """sys_NAME, or the running machine's wrapper of it (__x64_sys_NAME, __arm64_sys_NAME)."""
     symbol = re.escape(name.encode())
-    return re.compile(rb"\s(?:__x64_sys_" + symbol + rb"|sys_" + symbol + rb")(?:\s|$)", re.M)
+    wrapper = SYSCALL_WRAPPERS.get(_machine(machine))
+    alternatives = rb"sys_" + symbol
+    if wrapper:
+        alternatives = re.escape(wrapper.encode()) + symbol + rb"|" + alternatives
+    return re.compile(rb"\s(?:" + alternatives + rb")(?:\s|$)", re.M)
 
 
 def _header_pattern(name: str) -> re.Pattern[str]:
@@ -98,7 +113,20 @@ def kernel_release() -> str:
     return os.uname().release
 
 
-def default_header_paths(release: str) -> List[Path]:
+def default_header_paths(release: str, machine: Optional[str] = None) -> List[Path]:
+    """Where __NR_<name> may be defined for the running machine, the kernel's build first.
+
+    arm64 takes its numbers from asm-generic's unistd.h; from 6.11 scripts/syscall.tbl
+    generates them into asm/unistd_64.h, in the build tree and in Debian's multiarch headers.
+    """
+    if _machine(machine) in ARM64_MACHINES:
+        build = Path(f"/lib/modules/{release}/build")
+        return [
+            build / "arch/arm64/include/generated/uapi/asm/unistd_64.h",
+            build / "include/uapi/asm-generic/unistd.h",
+            Path("/usr/include/aarch64-linux-gnu/asm/unistd_64.h"),
+            Path("/usr/include/asm-generic/unistd.h"),
+        ]
     return [
         Path(f"/lib/modules/{release}/build/arch/x86/include/generated/uapi/asm/unistd_64.h"),
         Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
@@ -159,19 +187,22 @@ def number_from_headers(paths: Iterable[Path], name: str = MEMUSE) -> Optional[T
     return None
 
 
-def kallsyms_has(name: str, path: Path = KALLSYMS) -> Optional[bool]:
-    """Whether the running kernel defines the syscall; None when kallsyms cannot be read."""
+def kallsyms_has(name: str, path: Path = KALLSYMS, machine: Optional[str] = None) -> Optional[bool]:
+    """Whether the running kernel defines the syscall; None when kallsyms cannot be read.
+
+    `machine` (uname -m, the running one unless given) names the wrapper symbol looked for.
+    """
     try:
         data = path.read_bytes()
     except OSError:
         return None
     if not data:
         return None
-    return _kallsyms_pattern(name).search(data) is not None
+    return _kallsyms_pattern(name, machine).search(data) is not None
 
 
-def kallsyms_has_memuse(path: Path = KALLSYMS) -> Optional[bool]:
-    return kallsyms_has(MEMUSE, path)
+def kallsyms_has_memuse(path: Path = KALLSYMS, machine: Optional[str] = None) -> Optional[bool]:
+    return kallsyms_has(MEMUSE, path, machine)
 
 
 def forced(env: Optional[Mapping[str, str]] = None, name: str = MEMUSE) -> bool:
@@ -188,13 +219,14 @@ def confirm_override(
     header_paths: Iterable[Path],
     kallsyms: Path,
     name: str = MEMUSE,
+    machine: Optional[str] = None,
 ) -> SyscallNumber:
     """The explicit number, if the running kernel is known to have the syscall as it."""
     from_metadata = number_from_metadata(release, root, name)
     if from_metadata and from_metadata[0] == nr:
         return SyscallNumber(nr, source, verified=True)
     from_headers = number_from_headers(header_paths, name)
-    present = kallsyms_has(name, kallsyms)
+    present = kallsyms_has(name, kallsyms, machine)
     if from_headers and from_headers[0] == nr and present:
         return SyscallNumber(nr, source, verified=True)
     risk = FORCE_RISK if name == MEMUSE else force_risk(name)
@@ -228,16 +260,18 @@ def discover(
     kallsyms: Path = KALLSYMS,
     force: bool = False,
     name: str = MEMUSE,
+    machine: Optional[str] = None,
 ) -> SyscallNumber:
     """The number of syscall `name` on this kernel, or MemuseUnavailable saying what to do.
 
     An explicit number (override, then $MEMUSE_NR or $<NAME>_NR) is used only when
-    confirmed, or forced.
+    confirmed, or forced. `machine` (uname -m, the running one unless given) chooses the
+    default headers and the kallsyms symbol.
     """
     env = os.environ if env is None else env
     release = kernel_release() if release is None else release
     root = cache_root(env)
-    paths = default_header_paths(release) if header_paths is None else list(header_paths)
+    paths = default_header_paths(release, machine) if header_paths is None else list(header_paths)
     variable = env_nr(name)
     explicit: Optional[Tuple[int, str]] = None
     if override is not None:
@@ -247,21 +281,28 @@ def discover(
     if explicit is not None:
         if force or forced(env, name):
             return SyscallNumber(explicit[0], explicit[1], verified=False)
-        return confirm_override(explicit[0], explicit[1], release, root, paths, kallsyms, name)
+        return confirm_override(
+            explicit[0], explicit[1], release, root, paths, kallsyms, name, machine
+        )
 
     from_metadata = number_from_metadata(release, root, name)
     if from_metadata:
         nr, path = from_metadata
         return SyscallNumber(nr, f"build metadata {path}", verified=True)
-    return _from_headers(name, release, root, paths, kallsyms)
+    return _from_headers(name, release, root, paths, kallsyms, machine)
 
 
 def _from_headers(
-    name: str, release: str, root: Path, paths: Iterable[Path], kallsyms: Path
+    name: str,
+    release: str,
+    root: Path,
+    paths: Iterable[Path],
+    kallsyms: Path,
+    machine: Optional[str] = None,
 ) -> SyscallNumber:
     """__NR_<name> from headers, trusted only once kallsyms shows the kernel has name."""
     from_headers = number_from_headers(paths, name)
-    present = kallsyms_has(name, kallsyms)
+    present = kallsyms_has(name, kallsyms, machine)
     how = how_to_get(name)
     if present is False:
         said = f" ({from_headers[1]} says {from_headers[0]})" if from_headers else ""

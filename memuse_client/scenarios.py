@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import signal
@@ -21,7 +22,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Dict, Iterator, List, Optional, Union
+from typing import IO, Dict, Iterator, List, Optional, Sequence, Union
 
 from .discovery import cache_root
 from .errors import ScenarioError, ScenarioUnavailable
@@ -91,19 +92,47 @@ def _usable_dir(directory: Path) -> bool:
         return False
 
 
+# e_machine of the ELF programs a machine (uname -m) runs
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "arm64": 183}
+
+
+def elf_machine(path: Path) -> Optional[int]:
+    """e_machine of an ELF file (62 x86-64, 183 AArch64); None for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return None
+    if len(header) < 20 or header[:4] != b"\x7fELF" or header[5] not in (1, 2):
+        return None
+    return int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
+
+
+def runs_here(path: Path, machine: Optional[str] = None) -> bool:
+    """False for an ELF program of another machine than `machine` (the running one unless
+    given): the host's x86_64 build, say, that an arm64 guest sees in the shared cache."""
+    wanted = ELF_MACHINES.get(machine or platform.machine())
+    found = elf_machine(path)
+    return wanted is None or found is None or found == wanted
+
+
 def scenarios_binary(dirs: Optional[List[Path]] = None) -> Path:
-    """The compiled scenarios program, built now if no directory has it yet."""
+    """The compiled scenarios program, built now if no directory has it yet.
+
+    Only a binary named binary_name() (built from this source) for this machine is used.
+    """
     name = binary_name()
     given = os.environ.get(ENV_BINARY)
-    if given and Path(given).name == name and os.access(given, os.X_OK):
+    if given and Path(given).name == name and os.access(given, os.X_OK) and runs_here(Path(given)):
         return Path(given)  # named explicitly, e.g. by `invoke vm` for the guest
     dirs = binary_dirs() if dirs is None else dirs
     for directory in dirs:
         candidate = directory / name
-        if os.access(candidate, os.X_OK) and _private_enough(directory):
+        if os.access(candidate, os.X_OK) and _private_enough(directory) and runs_here(candidate):
             return candidate
     for directory in dirs:
-        if _usable_dir(directory):
+        # never over another machine's build of the same name (a cache both machines share)
+        if _usable_dir(directory) and runs_here(directory / name):
             return _compile(directory / name)
     raise ScenarioError(f"no writable directory for the scenarios program among {dirs}")
 
@@ -111,12 +140,21 @@ def scenarios_binary(dirs: Optional[List[Path]] = None) -> Path:
 def _compile(target: Path) -> Path:
     commands = compilers()
     if not commands:
-        raise ScenarioError("no C compiler (cc or gcc) to build the scenarios: install gcc")
+        raise ScenarioError(
+            "no C compiler (cc or gcc) to build the scenarios: install gcc, or set "
+            f"{ENV_BINARY} to a {target.name} built for {platform.machine()}"
+        )
+    return compile_scenarios(target, commands[0])
+
+
+def compile_scenarios(target: Path, compiler: Sequence[str], extra: Sequence[str] = ()) -> Path:
+    """scenarios.c built into target with `compiler` (aarch64-linux-gnu-gcc for an arm64
+    guest, with extra ["-static"]): CFLAGS, then extra. Name target binary_name()."""
     # a unique name then a rename: concurrent test processes may compile at the same time
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     os.close(handle)
     try:
-        command = [*commands[0], *CFLAGS, "-o", temporary, str(SOURCE)]
+        command = [*compiler, *CFLAGS, *extra, "-o", temporary, str(SOURCE)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ScenarioError(

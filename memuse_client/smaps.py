@@ -5,10 +5,12 @@ This is the cross-check for the syscall and works on any kernel. Per kind:
   kernel_mappings    the same for kernel-named special VMAs: [vdso], [vvar], [vvar_vclock],
                      [uprobes]... but not [vsyscall], which is not one of the process's VMAs
   total              smaps_rollup Rss + Shared_Hugetlb + Private_Hugetlb
-  kernel_stack       smaps knows nothing about it: THREAD_SIZE of the running kernel (16 KiB,
-                     32 KiB with CONFIG_KASAN, read from its config) while the task is alive,
-                     0 once it is a zombie (its stack is freed), None (unavailable) when the
-                     kernel config cannot be found or the machine is not x86_64
+  kernel_stack       smaps knows nothing about it: THREAD_SIZE of the running kernel, read
+                     from its config, while the task is alive (x86_64: 16 KiB, 32 KiB with
+                     CONFIG_KASAN; arm64: 16 KiB, 32 KiB with generic or software-tag KASAN,
+                     a page where VMAP_STACK's pages are larger), 0 once it is a zombie (its
+                     stack is freed), None (unavailable) when the kernel config cannot be
+                     found or the machine is neither x86_64 nor arm64
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 from .discovery import cache_root, kernel_release, matching_builds
 from .kinds import ALL_KINDS, Kind, parse_kind
@@ -153,18 +155,77 @@ def read_config(path: Path) -> Optional[str]:
         return None
 
 
+def x86_64_thread_size(text: str) -> Optional[int]:
+    """arch/x86/include/asm/page_64_types.h: order 2, one more with CONFIG_KASAN."""
+    if "CONFIG_X86_64=y" not in text:
+        return None
+    kasan = re.search(r"^CONFIG_KASAN=y$", text, re.MULTILINE)
+    return THREAD_SIZE_KASAN if kasan else THREAD_SIZE
+
+
+def config_options(text: str) -> Dict[str, str]:
+    """CONFIG_NAME=value lines of a kernel config (the unset ones are comments)."""
+    return dict(re.findall(r"^(CONFIG_\w+)=(.*)$", text, re.MULTILINE))
+
+
+# the page size choice of arm64 configs that state no CONFIG_PAGE_SHIFT number
+ARM64_PAGE_CHOICES = {
+    "CONFIG_ARM64_4K_PAGES": 12,
+    "CONFIG_ARM64_16K_PAGES": 14,
+    "CONFIG_ARM64_64K_PAGES": 16,
+}
+
+
+def arm64_page_shift(options: Dict[str, str]) -> Optional[int]:
+    """PAGE_SHIFT: CONFIG_PAGE_SHIFT (newer trees: 6.12, 7.2), CONFIG_ARM64_PAGE_SHIFT
+    (5.10, 6.1), or the CONFIG_ARM64_*K_PAGES choice both are derived from."""
+    for name in ("CONFIG_PAGE_SHIFT", "CONFIG_ARM64_PAGE_SHIFT"):
+        if options.get(name, "").isdigit():
+            return int(options[name])
+    chosen = [shift for name, shift in ARM64_PAGE_CHOICES.items() if options.get(name) == "y"]
+    return chosen[0] if len(chosen) == 1 else None
+
+
+def arm64_thread_size(text: str) -> Optional[int]:
+    """arch/arm64/include/asm/memory.h: MIN_THREAD_SHIFT is 14, 15 with generic or software
+    tag-based KASAN (5.10: CONFIG_KASAN, which then means one of those two); a vmapped stack
+    is a whole number of pages, so with CONFIG_VMAP_STACK (which 7.2 always selects) and pages
+    larger than that, THREAD_SHIFT is PAGE_SHIFT."""
+    options = config_options(text)
+    if options.get("CONFIG_ARM64") != "y":
+        return None
+    page_shift = arm64_page_shift(options)
+    if page_shift is None:
+        return None
+    kasan = any(options.get(f"CONFIG_KASAN_{mode}") == "y" for mode in ("GENERIC", "SW_TAGS"))
+    shift = 14 + int(kasan)
+    if options.get("CONFIG_VMAP_STACK") == "y" and shift < page_shift:
+        shift = page_shift
+    return 1 << shift
+
+
+# THREAD_SIZE per machine (uname -m) from the text of a config, None if it is another's
+THREAD_SIZE_RULES: Dict[str, Callable[[str], Optional[int]]] = {
+    "x86_64": x86_64_thread_size,
+    "aarch64": arm64_thread_size,
+    "arm64": arm64_thread_size,
+}
+
+
 def thread_size(
     sources: Optional[Iterable[Path]] = None, machine: Optional[str] = None
 ) -> Optional[int]:
-    """x86_64 THREAD_SIZE of the running kernel from its config, None when unknown."""
-    if (machine or platform.machine()) != "x86_64":
+    """THREAD_SIZE of the running kernel from the first config for `machine` (the running
+    one unless given) found, None when unknown: no such config, or another machine."""
+    rule = THREAD_SIZE_RULES.get(machine or platform.machine())
+    if rule is None:
         return None
     paths = config_sources(kernel_release()) if sources is None else sources
     for path in paths:
         text = read_config(path)
-        if text is not None and "CONFIG_X86_64=y" in text:
-            kasan = re.search(r"^CONFIG_KASAN=y$", text, re.MULTILINE)
-            return THREAD_SIZE_KASAN if kasan else THREAD_SIZE
+        size = None if text is None else rule(text)
+        if size is not None:
+            return size
     return None
 
 

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import os
+import platform
 import pwd
 import re
 import select
@@ -26,10 +27,11 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from memuse_client.build_record import BuildRecord
 from memuse_client.discovery import cache_root, kallsyms_has_memuse, kernel_release, matching_builds
+from memuse_client.scenarios import runs_here
 from memuse_client.smaps import Vma, classify, parse_fields, parse_smaps, thread_size
 
 PAGE = os.sysconf("SC_PAGESIZE")
@@ -220,8 +222,10 @@ def running_probes(nr: int) -> Dict[str, Any]:
 # --- callers written in C (tests/guest/callers.c) -----------------------------------------
 
 CALLERS_SOURCE = Path(__file__).resolve().parent / "guest" / "callers.c"
-# the binary the host compiled for the guest (gcc is slow under TCG and KASAN)
-CALLERS_ENV = "MEMUSE_GUEST_CALLERS"
+# the binary the host compiled for the guest (gcc is slow under TCG and KASAN; an arm64 guest
+# has none), as $MEMUSE_SCENARIOS_BIN gives scenarios.c's; the older name is still read
+CALLERS_ENV = "MEMUSE_CALLERS_BIN"
+CALLERS_ENVS = (CALLERS_ENV, "MEMUSE_GUEST_CALLERS")
 
 
 def callers_name() -> str:
@@ -233,7 +237,10 @@ def compile_callers(directory: Path) -> Path:
     """tests/guest/callers.c compiled into directory."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        raise AssertionError("no C compiler for tests/guest/callers.c")
+        raise AssertionError(
+            f"no C compiler for tests/guest/callers.c, and no prebuilt one: set {CALLERS_ENV} "
+            f"to a {callers_name()} built for {platform.machine()} from this callers.c"
+        )
     binary = directory / callers_name()
     command = [compiler, "-O2", "-Wall", "-Werror", "-o", str(binary), str(CALLERS_SOURCE)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -241,14 +248,29 @@ def compile_callers(directory: Path) -> Path:
     return binary
 
 
+def given_callers(
+    env: Optional[Mapping[str, str]] = None, machine: Optional[str] = None
+) -> Optional[Path]:
+    """The prebuilt callers $MEMUSE_CALLERS_BIN (or $MEMUSE_GUEST_CALLERS) names, if usable:
+    named callers_name() (built from this callers.c), executable, for this machine."""
+    env = os.environ if env is None else env
+    for variable in CALLERS_ENVS:
+        given = env.get(variable)
+        if not given or Path(given).name != callers_name() or not os.access(given, os.X_OK):
+            continue
+        if runs_here(Path(given), machine):
+            return Path(given)
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def callers_binary() -> Path:
     """callers.c compiled, in a private temp directory that others may enter (nobody runs it
-    too): the host's build named by $MEMUSE_GUEST_CALLERS copied there, else compiled here."""
+    too): the host's build named by $MEMUSE_CALLERS_BIN copied there, else compiled here."""
     directory = Path(tempfile.mkdtemp(prefix="memuse-callers-"))
     directory.chmod(0o755)
-    given = os.environ.get(CALLERS_ENV)
-    if not given or Path(given).name != callers_name() or not os.access(given, os.X_OK):
+    given = given_callers()
+    if given is None:
         return compile_callers(directory)
     binary = directory / callers_name()
     shutil.copyfile(given, binary)

@@ -39,6 +39,7 @@ def env(tmp_path) -> dict:
 
 
 def find(env: dict, tmp_path: Path, headers=(), symbols: str = WITH_MEMUSE, **kwargs):
+    kwargs.setdefault("machine", "x86_64")  # the symbols above are x86_64's, whatever the host
     return discover(
         env=env,
         release=RELEASE,
@@ -141,7 +142,7 @@ def test_unreadable_kallsyms_refuses_a_header_number(env, tmp_path):
 
 
 def test_default_header_paths_include_the_running_kernels_build_tree():
-    paths = [str(p) for p in discovery.default_header_paths("7.2.0-memuse")]
+    paths = [str(p) for p in discovery.default_header_paths("7.2.0-memuse", "x86_64")]
     assert paths == [
         "/lib/modules/7.2.0-memuse/build/arch/x86/include/generated/uapi/asm/unistd_64.h",
         "/usr/include/x86_64-linux-gnu/asm/unistd_64.h",
@@ -195,3 +196,77 @@ def test_each_syscall_has_its_own_override_variable(env, tmp_path):
     with pytest.raises(MemuseUnavailable, match=r"confirmed to be fdcount.*FDCOUNT_FORCE=1"):
         find(env, tmp_path, symbols=WITH_BOTH, name="fdcount")
     assert find(env, tmp_path, symbols=WITH_BOTH).source.startswith("build metadata")
+
+
+# --- arm64: the __arm64_sys_ wrapper, asm-generic numbers ----------------------------------
+
+ARM64_WITH_MEMUSE = "ffff8000800f1234 T __arm64_sys_memuse\nffff8000800f1250 t __do_sys_memuse\n"
+ARM64_WITHOUT_MEMUSE = "ffff8000800f1234 T __arm64_sys_mseal\nffff8000800f1240 t memuse_walk\n"
+# how include/uapi/asm-generic/unistd.h (and 6.11's generated unistd_64.h) give a number
+GENERIC_UNISTD = (
+    "#define __NR_mseal 462\n__SYSCALL(__NR_mseal, sys_mseal)\n"
+    "#define __NR_memuse 463\n__SYSCALL(__NR_memuse, sys_memuse)\n"
+    "#undef __NR_syscalls\n#define __NR_syscalls 464\n"
+)
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64"])
+def test_arm64_kallsyms_shows_memuse_by_its_arm64_wrapper(tmp_path, machine):
+    path = kallsyms(tmp_path, ARM64_WITH_MEMUSE)
+    assert discovery.kallsyms_has("memuse", path, machine) is True
+    assert discovery.kallsyms_has("memuse", path, "x86_64") is False  # not x86's wrapper
+    assert (
+        discovery.kallsyms_has("memuse", kallsyms(tmp_path, ARM64_WITHOUT_MEMUSE), machine) is False
+    )
+
+
+def test_x86_64s_wrapper_is_no_evidence_on_arm64(tmp_path):
+    assert discovery.kallsyms_has("memuse", kallsyms(tmp_path, WITH_MEMUSE), "aarch64") is False
+    assert discovery.kallsyms_has_memuse(kallsyms(tmp_path, WITH_MEMUSE), "x86_64") is True
+
+
+def test_another_machine_counts_only_a_plain_sys_symbol(tmp_path):
+    assert discovery.kallsyms_has("memuse", kallsyms(tmp_path, WITH_MEMUSE), "riscv64") is False
+    assert discovery.kallsyms_has("memuse", kallsyms(tmp_path, "0 T sys_memuse\n"), "riscv64")
+
+
+def test_an_asm_generic_number_is_trusted_once_arm64_kallsyms_has_memuse(env, tmp_path):
+    path = tmp_path / "unistd.h"
+    path.write_text(GENERIC_UNISTD)
+    found = find(env, tmp_path, [path], ARM64_WITH_MEMUSE, machine="aarch64")
+    assert found == SyscallNumber(463, f"header {path}", verified=True)
+    with pytest.raises(MemuseUnavailable, match=r"has no memuse system call \(.* says 463\)"):
+        find(env, tmp_path, [path], ARM64_WITHOUT_MEMUSE, machine="aarch64")
+
+
+def test_an_override_is_confirmed_by_arm64_kallsyms(env, tmp_path):
+    path = tmp_path / "unistd.h"
+    path.write_text(GENERIC_UNISTD)
+    env["MEMUSE_NR"] = "463"
+    assert find(env, tmp_path, [path], ARM64_WITH_MEMUSE, machine="aarch64").verified
+    with pytest.raises(MemuseUnavailable, match=r"has no memuse system call .* so system call 463"):
+        find(env, tmp_path, [path], ARM64_WITH_MEMUSE, machine="x86_64")
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64"])
+def test_arm64_header_paths_are_the_build_trees_then_asm_generic(machine):
+    paths = [str(p) for p in discovery.default_header_paths("7.2.0-memuse", machine)]
+    assert paths == [
+        "/lib/modules/7.2.0-memuse/build/arch/arm64/include/generated/uapi/asm/unistd_64.h",
+        "/lib/modules/7.2.0-memuse/build/include/uapi/asm-generic/unistd.h",
+        "/usr/include/aarch64-linux-gnu/asm/unistd_64.h",
+        "/usr/include/asm-generic/unistd.h",
+    ]
+
+
+def test_discover_reads_the_headers_of_the_machine_it_is_told(env, tmp_path, monkeypatch):
+    asked = []
+
+    def paths(release, machine=None):
+        asked.append((release, machine))
+        return []
+
+    monkeypatch.setattr(discovery, "default_header_paths", paths)
+    with pytest.raises(MemuseUnavailable):
+        discover(env=env, release=RELEASE, kallsyms=kallsyms(tmp_path, ""), machine="aarch64")
+    assert asked == [(RELEASE, "aarch64")]

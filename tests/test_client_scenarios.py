@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -232,3 +233,69 @@ def test_heap_1g_is_all_resident():
     except ScenarioUnavailable as err:
         pytest.skip(str(err))
     assert heap >= 1 << 30
+
+
+# --- which binary runs: $MEMUSE_SCENARIOS_BIN, and never another machine's -----------------
+
+
+def fake_elf(path: Path, e_machine: int) -> Path:
+    """An executable whose ELF header says e_machine (183: AArch64), nothing runnable."""
+    header = b"\x7fELF\x02\x01\x01" + bytes(9) + (2).to_bytes(2, "little")
+    path.write_bytes(header + e_machine.to_bytes(2, "little") + bytes(44))
+    path.chmod(0o755)
+    return path
+
+
+def test_the_elf_machine_is_read_from_the_header(tmp_path):
+    assert scenarios_module.elf_machine(fake_elf(tmp_path / "a", 183)) == 183
+    assert scenarios_module.runs_here(tmp_path / "a", "aarch64")
+    assert scenarios_module.runs_here(tmp_path / "a", "arm64")
+    assert not scenarios_module.runs_here(tmp_path / "a", "x86_64")
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    assert scenarios_module.elf_machine(script) is None and scenarios_module.runs_here(script)
+    assert scenarios_module.runs_here(tmp_path / "a", "riscv64")  # no rule: not refused
+    native = scenarios_module.scenarios_binary()
+    assert scenarios_module.runs_here(native)
+
+
+def test_the_binary_the_environment_names_is_used_only_with_the_expected_name(
+    tmp_path, monkeypatch
+):
+    built = scenarios_module.scenarios_binary()
+    given = tmp_path / "given" / built.name
+    given.parent.mkdir()
+    given.write_bytes(built.read_bytes())
+    given.chmod(0o755)
+    monkeypatch.setenv(scenarios_module.ENV_BINARY, str(given))
+    assert scenarios_module.scenarios_binary() == given
+    stale = tmp_path / "memuse-scenarios-0000000000000000"
+    stale.write_bytes(built.read_bytes())
+    stale.chmod(0o755)
+    monkeypatch.setenv(scenarios_module.ENV_BINARY, str(stale))
+    assert scenarios_module.scenarios_binary() == built  # a stale build is never used
+
+
+def test_another_machines_binary_is_not_used_even_when_named_right(tmp_path, monkeypatch):
+    """The arm64 guest sees the host's cache: its x86_64 build has the very same name."""
+    machine = platform.machine()
+    if machine not in scenarios_module.ELF_MACHINES:
+        pytest.skip(f"no ELF machine known for {machine}")
+    foreign = 183 if scenarios_module.ELF_MACHINES[machine] != 183 else 62
+    name = scenarios_module.binary_name()
+    shelf = tmp_path / "shelf"
+    shelf.mkdir(mode=0o755)
+    fake_elf(shelf / name, foreign)
+    monkeypatch.setenv(scenarios_module.ENV_BINARY, str(shelf / name))
+    mine = tmp_path / "mine"
+    binary = scenarios_module.scenarios_binary([shelf, mine])
+    assert binary == mine / name  # built here, the foreign one neither run nor replaced
+    assert scenarios_module.elf_machine(shelf / name) == foreign
+
+
+def test_without_a_compiler_the_error_names_the_prebuilt_binarys_variable(tmp_path, monkeypatch):
+    monkeypatch.setattr(scenarios_module, "compilers", lambda: [])
+    with pytest.raises(ScenarioError) as caught:
+        scenarios_module.scenarios_binary([tmp_path / "empty"])
+    message = str(caught.value)
+    assert "MEMUSE_SCENARIOS_BIN" in message and scenarios_module.binary_name() in message

@@ -134,6 +134,8 @@ def test_thread_size_comes_from_the_first_config_found(tmp_path):
 def test_this_kernels_thread_size_is_what_its_config_says():
     """On this host: 32 KiB when the first x86_64 config found has KASAN, 16 KiB when it does
     not, None (honestly unknown) when there is none or the machine is not x86_64."""
+    if platform.machine() in ("aarch64", "arm64"):
+        pytest.skip("an arm64 host: its rule is checked on the configs of test_arm64_*")
     configs = [read_config(path) for path in config_sources(kernel_release())]
     found = next((text for text in configs if text and "CONFIG_X86_64=y" in text), None)
     if found is None or platform.machine() != "x86_64":
@@ -141,6 +143,57 @@ def test_this_kernels_thread_size_is_what_its_config_says():
     else:
         expected = 32768 if "\nCONFIG_KASAN=y\n" in f"\n{found}" else 16384
     assert thread_size() == expected
+
+
+def arm64_config(*lines: str) -> str:
+    return "\n".join(
+        ["CONFIG_ARM64=y", "CONFIG_64BIT=y", *lines, "# CONFIG_KASAN_HW_TAGS is not set"]
+    )
+
+
+VMAP = "CONFIG_VMAP_STACK=y"
+K4, K16, K64 = "CONFIG_ARM64_4K_PAGES=y", "CONFIG_ARM64_16K_PAGES=y", "CONFIG_ARM64_64K_PAGES=y"
+GENERIC = "CONFIG_KASAN=y\nCONFIG_KASAN_GENERIC=y"
+SW_TAGS = "CONFIG_KASAN=y\nCONFIG_KASAN_SW_TAGS=y"
+HW_TAGS = "CONFIG_KASAN=y\nCONFIG_KASAN_HW_TAGS=y"
+
+
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        # arch/arm64/include/asm/memory.h: MIN_THREAD_SHIFT 14, +1 for generic/sw-tags KASAN
+        ((K4, "CONFIG_PAGE_SHIFT=12", VMAP), 16384),
+        ((K4, "CONFIG_PAGE_SHIFT=12", VMAP, GENERIC), 32768),
+        ((K4, "CONFIG_ARM64_PAGE_SHIFT=12", VMAP, SW_TAGS), 32768),
+        ((K4, "CONFIG_PAGE_SHIFT=12", VMAP, HW_TAGS), 16384),  # hardware tags: no doubling
+        ((K4, "CONFIG_ARM64_PAGE_SHIFT=12", GENERIC), 32768),  # no VMAP_STACK: the same
+        ((K16, "CONFIG_PAGE_SHIFT=14", VMAP), 16384),
+        ((K16, "CONFIG_PAGE_SHIFT=14", VMAP, GENERIC), 32768),
+        # a vmapped stack is whole pages: THREAD_SHIFT is PAGE_SHIFT when that is larger
+        ((K64, "CONFIG_PAGE_SHIFT=16", VMAP), 65536),
+        ((K64, "CONFIG_ARM64_PAGE_SHIFT=16", VMAP, GENERIC), 65536),
+        ((K64, "CONFIG_ARM64_PAGE_SHIFT=16"), 16384),  # 5.10 and 6.1 without VMAP_STACK
+        ((K64, "CONFIG_ARM64_PAGE_SHIFT=16", SW_TAGS), 32768),
+        ((K64, VMAP), 65536),  # the page size choice alone
+        ((K16, VMAP, GENERIC), 32768),
+        ((VMAP,), None),  # no page size at all: unknown, not guessed
+    ],
+)
+def test_arm64_thread_size_follows_memory_h(tmp_path, lines, expected):
+    path = config(tmp_path, "config", arm64_config(*lines))
+    assert thread_size([path], machine="aarch64") == expected
+    assert thread_size([path], machine="arm64") == expected
+    assert smaps.arm64_thread_size(path.read_text()) == expected
+
+
+def test_arm64_thread_size_takes_the_first_arm64_config(tmp_path):
+    x86 = config(tmp_path, "x86", "CONFIG_X86_64=y\nCONFIG_KASAN=y\n")
+    big = config(tmp_path, "config.gz", arm64_config(K64, "CONFIG_PAGE_SHIFT=16", VMAP))
+    small = config(tmp_path, "small", arm64_config(K4, "CONFIG_PAGE_SHIFT=12", VMAP))
+    assert thread_size([tmp_path / "absent", x86, big, small], machine="aarch64") == 65536
+    assert thread_size([x86, small, big], machine="aarch64") == 16384
+    assert thread_size([big, small], machine="x86_64") is None  # another machine's configs
+    assert thread_size([small], machine="riscv64") is None
 
 
 def test_a_live_process_has_every_kind():

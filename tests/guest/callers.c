@@ -5,6 +5,7 @@
  *                                 process: no 32-bit libraries needed.  Prints one line
  *                                 "KIND RESULT" per kind, RESULT the 32-bit value the
  *                                 caller's long holds (a negative errno on failure).
+ *                                 x86_64 only: elsewhere it says so and exits with 2.
  *   callers shared-mm NR          makes itself not dumpable, starts a sibling that shares its
  *                                 mm (clone(CLONE_VM) without CLONE_THREAD: another thread
  *                                 group) and a forked child that does not, and asks memuse
@@ -42,6 +43,7 @@ static long argument(const char *text)
 	return value;
 }
 
+#if defined(__x86_64__)
 /*
  * The i386 system call ABI: number in eax, arguments in ebx and ecx, result in eax.  The
  * kernel sees a compat (32-bit) system call; r8-r11 are not preserved by that entry.
@@ -74,6 +76,16 @@ static int i386(int argc, char **argv)
 	}
 	return 0;
 }
+#else
+/* int $0x80 is x86's: a 32-bit caller elsewhere needs 32-bit code (arm64: AArch32) */
+static int i386(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	fprintf(stderr, "callers: i386 calls through int $0x80, which only x86_64 has\n");
+	return 2;
+}
+#endif
 
 static int park(void *unused)
 {

@@ -6,11 +6,14 @@ no 32-bit libraries are needed. The i386 number is the one the patch wrote into 
 from (its build record names it). A 32-bit long holds at most 2 GiB - 1: a larger result
 must come back as -EOVERFLOW, as stat does, never truncated; everything else as the 64-bit
 call gives it.
+
+x86_64 only: int $0x80 and the i386 table are x86's; elsewhere every test here is skipped.
 """
 
 from __future__ import annotations
 
 import errno
+import platform
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterator
@@ -31,6 +34,12 @@ from tests.guest_support import (
 )
 
 LONG_32_MAX = 2**31 - 1
+MACHINE = platform.machine()
+pytestmark = pytest.mark.skipif(
+    MACHINE != "x86_64",
+    reason=f"x86_64 only: a 32-bit caller enters through int $0x80 and the i386 table, "
+    f"which {MACHINE} does not have (arm64's would need AArch32 code and CONFIG_COMPAT)",
+)
 
 
 @pytest.fixture(scope="module")
