@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memuse_kit.building import kconfig
-from memuse_kit.building.build import BuildOptions, build
+from memuse_kit.building.build import BuildOptions, build, cross_package_args
 from memuse_kit.building.builddir import BuildDir, find_build
 from memuse_kit.core import arch
 from memuse_kit.core.errors import KitError
@@ -103,3 +103,14 @@ def test_an_arm64_build_is_not_installed_on_this_x86_64_machine(tree):
 def test_distributed_builds_stay_x86_64(tree):
     with pytest.raises(KitError, match=r"--distcc and --icecream build x86_64 only, not arm64"):
         build(arm64_options(tree, distcc="localhost/2"))
+
+
+def test_a_cross_build_packages_without_headers_where_mkdebian_has_the_profile(tmp_path):
+    mkdebian = tmp_path / "scripts/package/mkdebian"
+    mkdebian.parent.mkdir(parents=True)
+    mkdebian.write_text("Build-Profiles: <!pkg.${sourcename}.nokernelheaders>\n")
+    flags = ["DPKG_FLAGS=-Ppkg.linux-upstream.nokernelheaders"]
+    assert cross_package_args(tmp_path, arch.ARM64) == flags
+    assert cross_package_args(tmp_path, arch.X86_64) == []
+    mkdebian.write_text("Build-Depends: bc, rsync, kmod, cpio, bison, flex\n")  # 6.1's
+    assert cross_package_args(tmp_path, arch.ARM64) == []

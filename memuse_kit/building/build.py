@@ -123,6 +123,21 @@ def _estimate(bd: BuildDir, previous: BuildRecord) -> int:
     return kconfig.estimated_objects(bd.obj / ".config")
 
 
+NO_HEADERS_PROFILE = "pkg.linux-upstream.nokernelheaders"
+
+
+def cross_package_args(tree: Path, target: arches.Arch) -> List[str]:
+    """A cross build's bindeb-pkg without the headers package where the tree's mkdebian
+    offers that profile: there the headers package compiles kbuild's programs for the target,
+    which takes the target's libssl-dev (a foreign architecture's package on this host).
+    Older trees put the host's programs in it, and build it without."""
+    if target.cross_triplet is None:
+        return []
+    mkdebian = tree / "scripts/package/mkdebian"
+    text = mkdebian.read_text(errors="replace") if mkdebian.is_file() else ""
+    return [f"DPKG_FLAGS=-P{NO_HEADERS_PROFILE}"] if "nokernelheaders" in text else []
+
+
 def _pkg_version(kernel: KernelVersion) -> str:
     # fixed, so an unchanged tree gives byte-identical package names and versions
     return f"{kernel.major}.{kernel.minor}.{kernel.sublevel}-1"
@@ -351,6 +366,7 @@ class Builder:
         cmd = [
             *_make(self.bd, self.cc, self.jobs),
             f"KDEB_PKGVERSION={_pkg_version(self.kernel)}",
+            *cross_package_args(self.tree, self.options.target),
         ]
         progress = BuildProgress("package", 1)
         status = self._stream([*cmd, "bindeb-pkg"], progress)
