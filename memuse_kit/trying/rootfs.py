@@ -40,6 +40,8 @@ INFO_FILE = "rootfs.json"
 GUEST_INIT = "/usr/sbin/memuse-kit-init"
 BOOT_TAG = "memuse-boot"
 BOOT_MOUNT = "/run/memuse-kit/boot"
+# cache=loose: every share is read-only and the host leaves it alone during a boot, so the
+# guest may cache without asking; it halves Python's start and imports under TCG
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000,cache=loose"
 # what the project's client and tests/guest run with; busybox for mount and poweroff -f
 PACKAGES: Tuple[str, ...] = (
