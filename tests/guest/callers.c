@@ -46,6 +46,7 @@ static long argument(const char *text)
  * The i386 system call ABI: number in eax, arguments in ebx and ecx, result in eax.  The
  * kernel sees a compat (32-bit) system call; r8-r11 are not preserved by that entry.
  */
+#if defined(__x86_64__)
 static int i386_syscall(int nr, int first, int second)
 {
 	int result;
@@ -56,6 +57,17 @@ static int i386_syscall(int nr, int first, int second)
 		     : "memory", "r8", "r9", "r10", "r11");
 	return result;
 }
+#else
+/* other architectures (arm64) have no i386 entry: the command is a usage error there */
+static int i386_syscall(int nr, int first, int second)
+{
+	(void)nr;
+	(void)first;
+	(void)second;
+	fprintf(stderr, "callers: no i386 entry on this architecture\n");
+	exit(2);
+}
+#endif
 
 static int i386(int argc, char **argv)
 {
