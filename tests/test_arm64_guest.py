@@ -7,6 +7,7 @@ in obj/arch/arm64/boot), else the newest in the kit's cache; without one the boo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from memuse_kit.core import arch
 from memuse_kit.core.cache import builds_dir
 from memuse_kit.trying import direct_boot, guest_binaries, rootfs
 from memuse_kit.trying.vm import VmOptions, VmResult
+from tests.guest_support import CALLERS_SOURCE
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -62,7 +64,7 @@ def kernel() -> BuildDir:
 
 
 def boot(kernel: BuildDir, tree: rootfs.Rootfs, command: List[str], tmp_path: Path) -> VmResult:
-    binaries = guest_binaries.guest_binaries_env(ARM64)
+    binaries = guest_binaries.guest_binaries_env(ARM64, CALLERS_SOURCE)
     options = VmOptions(build=kernel, command=command, cwd=REPO, timeout=600)
     return direct_boot.run_direct(options, ARM64, tree, binaries, log_path=tmp_path / "vm.log")
 
@@ -124,3 +126,14 @@ def test_nobody_reads_the_shared_root_and_the_repository(kernel, built_rootfs, t
     result = boot(kernel, built_rootfs, ["python3", "-c", check], tmp_path)
     assert result.status == 0, result.output
     assert result.output == ["nobody root"]
+
+
+def test_the_static_callers_program_runs_in_the_guest(kernel, built_rootfs, tmp_path):
+    """callers shared-mm by both names the guest is given (whether memuse is 472 here or
+    not, its JSON comes back: the program runs)."""
+    command = '"$MEMUSE_CALLERS_BIN" shared-mm 472 && "$MEMUSE_GUEST_CALLERS" shared-mm 472'
+    result = boot(kernel, built_rootfs, ["sh", "-c", command], tmp_path)
+    assert result.status == 0, result.output
+    answers = [json.loads(line) for line in result.output]
+    assert len(answers) == 2 and all(answer["dumpable"] == 0 for answer in answers)
+    assert answers[0]["forked child"]["smaps"] == 0

@@ -94,3 +94,15 @@ def test_the_environment_names_both_callers_variables(cache, monkeypatch, tmp_pa
     assert set(env) == {"MEMUSE_SCENARIOS_BIN", "MEMUSE_CALLERS_BIN", "MEMUSE_GUEST_CALLERS"}
     assert env["MEMUSE_CALLERS_BIN"].name == guest_binaries.callers_name(source)
     assert guest_binaries.guest_binaries_env(arch.ARM64).keys() == {"MEMUSE_SCENARIOS_BIN"}
+
+
+@needs_cross_gcc
+def test_the_callers_are_a_static_arm64_program(cache):
+    path = guest_binaries.static_callers(arch.ARM64, guest_support.CALLERS_SOURCE)
+    assert path.name == guest_support.callers_name()
+    assert elf_facts(path) == (EM_AARCH64, False)
+
+
+def test_callers_without_their_source_is_one_line(cache, tmp_path):
+    with pytest.raises(KitError, match=r"no .*callers.c: give the checkout's"):
+        guest_binaries.static_callers(arch.ARM64, tmp_path / "callers.c")
