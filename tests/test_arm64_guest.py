@@ -18,7 +18,7 @@ import pytest
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core import arch
 from memuse_kit.core.cache import builds_dir
-from memuse_kit.trying import direct_boot, guest_binaries, rootfs
+from memuse_kit.trying import foreign_vm, guest_binaries, rootfs
 from memuse_kit.trying.vm import VmOptions, VmResult
 from tests.guest_support import CALLERS_SOURCE
 
@@ -64,9 +64,9 @@ def kernel() -> BuildDir:
 
 
 def boot(kernel: BuildDir, tree: rootfs.Rootfs, command: List[str], tmp_path: Path) -> VmResult:
-    binaries = guest_binaries.guest_binaries_env(ARM64, CALLERS_SOURCE)
+    """The whole of `invoke vm --arch arm64` (tree: built already, reused)."""
     options = VmOptions(build=kernel, command=command, cwd=REPO, timeout=600)
-    return direct_boot.run_direct(options, ARM64, tree, binaries, log_path=tmp_path / "vm.log")
+    return foreign_vm.run_foreign_vm(options, ARM64, CALLERS_SOURCE, log_path=tmp_path / "vm.log")
 
 
 def test_the_rootfs_is_reused_from_the_cache(built_rootfs, measured):

@@ -146,6 +146,9 @@ def test_a_half_built_tree_is_not_used(cache, fake_mmdebstrap):
     (home / "root").mkdir(parents=True)
     (home / "rootfs.json").write_text('{"status": "building"}')
     assert rootfs.load_rootfs(recipe) is None
+    with pytest.raises(KitError, match=r"not a finished root filesystem: remove it \(rm -rf"):
+        ensure_rootfs(recipe)
+    assert [p.name for p in (cache / "rootfs").iterdir()] == [recipe.name()]  # no stage left
 
 
 def test_a_dry_run_prints_the_build_and_touches_nothing(cache, capsys, monkeypatch):

@@ -197,7 +197,10 @@ def ensure_rootfs(
             stage.rename(home)
         except OSError:  # another build finished first: use that one
             if load_rootfs(recipe) is None:
-                raise
+                raise KitError(
+                    f"{home} is there but not a finished root filesystem: remove it "
+                    f"(rm -rf {home}) and run again"
+                ) from None
     finally:
         if stage.exists():
             remove_tree(stage)
