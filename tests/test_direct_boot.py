@@ -87,7 +87,7 @@ def test_the_init_script_builds_a_new_root_then_chroots(tmp_path):
     script = init_script(TREE, shares)
     lines = script.splitlines()
     root = direct_boot.NEW_ROOT
-    assert f"ln -s usr/bin {root}/bin" in lines
+    assert f"busybox ln -s usr/bin {root}/bin" in lines
     assert any(f"busybox mount -o bind /etc {root}/etc" in line for line in lines)
     assert any(f"busybox mount -o bind /usr {root}/usr" in line for line in lines)
     # /home holds a share: the tree's (empty) /home is not bound over it
@@ -102,7 +102,7 @@ def test_the_init_script_builds_a_new_root_then_chroots(tmp_path):
         in (lines[share_mount])
     )
     assert lines[0] == "#!/bin/sh" and "set -e" in lines
-    assert lines[-1] == f"exec chroot {root} /bin/sh /run/memuse-kit/boot/run.sh"
+    assert lines[-1] == f"exec busybox chroot {root} /bin/sh /run/memuse-kit/boot/run.sh"
     (tmp_path / "init.sh").write_text(script)
     subprocess.run(["sh", "-n", str(tmp_path / "init.sh")], check=True)
 

@@ -130,6 +130,10 @@ def qemu_command(
     return cmd
 
 
+def mount_line(args: str, where: str) -> str:
+    return f"busybox mkdir -p {where}; busybox mount {args} {where}"
+
+
 def init_script(tree: Mapping[str, Optional[str]], shares: Sequence[Share]) -> str:
     """PID 1's second step (after rootfs.GUEST_INIT): the new root, then run.sh in it."""
     root = NEW_ROOT
@@ -139,25 +143,22 @@ def init_script(tree: Mapping[str, Optional[str]], shares: Sequence[Share]) -> s
         "# memuse-kit: the guest's root on a tmpfs, the host's directories at their paths",
         "set -e",
         f"export PATH={GUEST_PATH}",
-        f"mkdir -p {root}",
-        f"busybox mount -t tmpfs -o mode=0755 newroot {root}",
+        mount_line("-t tmpfs -o mode=0755 newroot", root),
     ]
     for name, target in tree.items():
+        quoted = shlex.quote(name)
         if target is not None:
-            lines.append(f"ln -s {shlex.quote(target)} {root}/{shlex.quote(name)}")
+            lines.append(f"busybox ln -s {shlex.quote(target)} {root}/{quoted}")
         elif name not in FRESH and name not in tops:
-            quoted = shlex.quote(name)
-            lines.append(f"mkdir {root}/{quoted}; busybox mount -o bind /{quoted} {root}/{quoted}")
+            lines.append(mount_line(f"-o bind /{quoted}", f"{root}/{quoted}"))
     for path, args in KERNEL_MOUNTS:
-        lines.append(f"mkdir -p {root}/{path}; busybox mount {args} {root}/{path}")
+        lines.append(mount_line(args, f"{root}/{path}"))
     for share in shares:
         where = shlex.quote(f"{root}{share.path}")
-        lines.append(
-            f"mkdir -p {where}; busybox mount -t 9p -o ro,{NINEP_OPTIONS} {share.tag} {where}"
-        )
+        lines.append(mount_line(f"-t 9p -o ro,{NINEP_OPTIONS} {share.tag}", where))
     lines += [
-        f"mkdir -p {root}{BOOT_MOUNT}; busybox mount -o bind {BOOT_MOUNT} {root}{BOOT_MOUNT}",
-        f"exec chroot {root} /bin/sh {BOOT_MOUNT}/run.sh",
+        mount_line(f"-o bind {BOOT_MOUNT}", f"{root}{BOOT_MOUNT}"),
+        f"exec busybox chroot {root} /bin/sh {BOOT_MOUNT}/run.sh",
     ]
     return "\n".join(lines) + "\n"
 

@@ -43,9 +43,10 @@ BOOT_MOUNT = "/run/memuse-kit/boot"
 # cache=loose: every share is read-only and the host leaves it alone during a boot, so the
 # guest may cache without asking; it halves Python's start and imports under TCG
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000,cache=loose"
-# what the project's client and tests/guest run with; busybox for mount and poweroff -f
+# what the project's client and tests/guest run with; busybox (static: no ld.so per exec,
+# which under TCG took the init scripts from 1.3 s to 3.4 s) mounts, chroots, powers off
 PACKAGES: Tuple[str, ...] = (
-    "python3", "python3-pytest", "base-files", "busybox", "coreutils", "dash", "mount",
+    "python3", "python3-pytest", "base-files", "busybox-static", "coreutils", "dash",
     "grep", "sed", "findutils",
 )  # fmt: skip
 PASSWD = """\
