@@ -1,0 +1,257 @@
+"""Boot a kernel of a foreign architecture under QEMU (TCG) straight from its Image, with no
+virtme-ng, and run one command as root in it; output and status are reported as `invoke vm`
+reports them (vm.py's console markers, ConsoleReader and VmResult).
+
+The guest's root is a cached Debian tree (rootfs.py) shared read-only over 9p. Its init
+(rootfs.GUEST_INIT) mounts this boot's own share, a host temporary directory with two
+scripts: init.sh makes a new root on a tmpfs (the tree's directories bound in read-only,
+fresh proc, sys, dev, /tmp, /run and /root) with the host's directories (the repository, the
+kit's cache, the guest programs) mounted read-only at their own paths, then chroots into it
+to run run.sh: the environment, the markers around the command and its status, poweroff.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from memuse_kit.core.arch import Arch
+from memuse_kit.core.cache import cache_root
+from memuse_kit.core.errors import KitError
+from memuse_kit.core.output import say
+from memuse_kit.core.runner import CommandTimeout, Runner
+from memuse_kit.trying.rootfs import BOOT_MOUNT, BOOT_TAG, GUEST_INIT, NINEP_OPTIONS, Rootfs
+from memuse_kit.trying.vm import ConsoleReader, VmOptions, VmResult
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# virtio over MMIO: the virt machine's own transport (the fast arm64 kernel has no PCI)
+NINEP_DEVICE = "virtio-9p-device"
+ROOT_TAG = "/dev/root"  # root=/dev/root: the kernel mounts the share so tagged
+NEW_ROOT = "/run/memuse-kit/root"
+# mounted fresh in the new root: (directory, mount arguments)
+KERNEL_MOUNTS = (
+    ("proc", "-t proc proc"),
+    ("sys", "-t sysfs sysfs"),
+    ("dev", "-t devtmpfs devtmpfs"),
+    ("dev/pts", "-t devpts devpts"),
+    ("dev/shm", "-t tmpfs -o mode=1777 shm"),
+    ("tmp", "-t tmpfs -o mode=1777 tmp"),
+    ("run", "-t tmpfs -o mode=0755 run"),
+    ("root", "-t tmpfs -o mode=0700 root"),
+)
+FRESH = frozenset(path.split("/")[0] for path, _ in KERNEL_MOUNTS)
+# the tree's own system directories: a host directory cannot be mounted over these
+SYSTEM = frozenset({"usr", "etc", "var", "bin", "sbin", "lib", "lib64", "proc", "sys", "dev"})
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory shared read-only, at the same path in the guest."""
+
+    tag: str
+    path: Path
+
+
+def host_shares(paths: Sequence[Path]) -> List[Share]:
+    """One share per directory; one inside another is seen through the outer one."""
+    absolute = sorted({Path(os.path.abspath(path)) for path in paths})
+    kept: List[Path] = []
+    for path in absolute:
+        if path == Path("/"):
+            raise KitError("the host's / cannot be shared into the guest: give a directory")
+        if not any(outer in path.parents for outer in kept):
+            kept.append(path)
+    for path in kept:
+        if path.parts[1] in SYSTEM:
+            raise KitError(
+                f"{path} cannot be shared into the guest at its own path: the guest's "
+                f"/{path.parts[1]} is its own; move it elsewhere (a cache under $HOME, say)"
+            )
+    return [Share(f"memuse-s{index}", path) for index, path in enumerate(kept)]
+
+
+def top_level(root: Path) -> Dict[str, Optional[str]]:
+    """The tree's top-level directories (None) and symbolic links (their target)."""
+    entries: Dict[str, Optional[str]] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            entries[entry.name] = os.readlink(entry)
+        elif entry.is_dir():
+            entries[entry.name] = None
+    return entries
+
+
+def kernel_command_line(arch: Arch) -> str:
+    return " ".join([
+        f"console={arch.console}", f"root={ROOT_TAG}", "rootfstype=9p",
+        f"rootflags={NINEP_OPTIONS}", "ro", "panic=-1", f"init={GUEST_INIT}",
+    ])  # fmt: skip
+
+
+def _fsdev_path(path: Path) -> str:
+    """QEMU's option syntax doubles a comma inside a value."""
+    return str(path).replace(",", ",,")
+
+
+def share_args(tag: str, fsdev_id: str, path: Path) -> List[str]:
+    return [
+        "-fsdev",
+        f"local,id={fsdev_id},path={_fsdev_path(path)},security_model=none,readonly=on",
+        "-device",
+        f"{NINEP_DEVICE},fsdev={fsdev_id},mount_tag={tag}",
+    ]
+
+
+def qemu_command(
+    arch: Arch,
+    image: Path,
+    options: VmOptions,
+    rootfs_root: Path,
+    boot_dir: Path,
+    shares: Sequence[Share],
+) -> List[str]:
+    cmd = [
+        arch.qemu_system, *arch.qemu_machine, "-accel", "tcg",
+        "-smp", str(options.cpus), "-m", options.memory,
+        "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
+        "-kernel", str(image), "-append", kernel_command_line(arch),
+    ]  # fmt: skip
+    cmd += share_args(ROOT_TAG, "root", rootfs_root)
+    cmd += share_args(BOOT_TAG, "boot", boot_dir)
+    for share in shares:
+        cmd += share_args(share.tag, share.tag, share.path)
+    return cmd
+
+
+def mount_line(args: str, where: str) -> str:
+    return f"busybox mkdir -p {where}; busybox mount {args} {where}"
+
+
+def init_script(tree: Mapping[str, Optional[str]], shares: Sequence[Share]) -> str:
+    """PID 1's second step (after rootfs.GUEST_INIT): the new root, then run.sh in it."""
+    root = NEW_ROOT
+    tops = {share.path.parts[1] for share in shares}
+    lines = [
+        "#!/bin/sh",
+        "# memuse-kit: the guest's root on a tmpfs, the host's directories at their paths",
+        "set -e",
+        f"export PATH={GUEST_PATH}",
+        mount_line("-t tmpfs -o mode=0755 newroot", root),
+    ]
+    for name, target in tree.items():
+        quoted = shlex.quote(name)
+        if target is not None:
+            lines.append(f"busybox ln -s {shlex.quote(target)} {root}/{quoted}")
+        elif name not in FRESH and name not in tops:
+            lines.append(mount_line(f"-o bind /{quoted}", f"{root}/{quoted}"))
+    for path, args in KERNEL_MOUNTS:
+        lines.append(mount_line(args, f"{root}/{path}"))
+    for share in shares:
+        where = shlex.quote(f"{root}{share.path}")
+        lines.append(mount_line(f"-t 9p -o ro,{NINEP_OPTIONS} {share.tag}", where))
+    lines += [
+        mount_line(f"-o bind {BOOT_MOUNT}", f"{root}{BOOT_MOUNT}"),
+        f"exec busybox chroot {root} /bin/sh {BOOT_MOUNT}/run.sh",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def guest_env(binaries: Mapping[str, Path]) -> Dict[str, str]:
+    return {
+        **{name: str(path) for name, path in binaries.items()},
+        "PATH": GUEST_PATH,
+        "HOME": "/root",
+        "MEMUSE_KIT_CACHE": str(cache_root()),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def run_script(command: Sequence[str], nonce: str, cwd: Path, env: Mapping[str, str]) -> str:
+    """The guest's command between the markers, its status, then power off (PSCI)."""
+    exports = [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+    return "\n".join([
+        "#!/bin/sh",
+        *exports,
+        f"cd {shlex.quote(str(cwd))} || echo 'memuse-kit: no {cwd} in the guest' >&2",
+        f"echo MEMUSE-KIT-BEGIN-{nonce}",
+        shlex.join(list(command)),
+        f"echo MEMUSE-KIT-END-{nonce} status=$?",
+        "sync",
+        "busybox poweroff -f",
+    ]) + "\n"  # fmt: skip
+
+
+def boot_shares(cwd: Path, binaries: Mapping[str, Path]) -> List[Share]:
+    """The repository, the kit's cache (build records) and the programs' directories."""
+    return host_shares([cwd, cache_root(), *(path.parent for path in binaries.values())])
+
+
+def run_direct(
+    options: VmOptions,
+    arch: Arch,
+    rootfs: Rootfs,
+    binaries: Optional[Mapping[str, Path]] = None,
+    image: Optional[Path] = None,
+    log_path: Optional[Path] = None,
+) -> VmResult:
+    """Boot arch's image (default: the build's) on rootfs and run options.command as root.
+
+    binaries: environment variables naming host programs for the guest (guest_binaries);
+    their directories are shared. A dry run prints QEMU's command and touches nothing.
+    """
+    image = image or options.build.obj / arch.image_path
+    binaries = dict(binaries or {})
+    if options.accel == "kvm" and not arch.is_host():
+        raise KitError(f"--accel kvm cannot run an {arch.name} guest here: use tcg")
+    shares = boot_shares(options.cwd, binaries)
+    nonce = secrets.token_hex(4)
+    if options.dry_run:
+        boot_dir = Path(tempfile.gettempdir()) / "memuse-kit-boot-DRYRUN"
+        Runner(dry_run=True).stream(
+            qemu_command(arch, image, options, rootfs.root, boot_dir, shares)
+        )
+        return VmResult(0, [], [])
+    if not image.is_file():
+        raise KitError(f"no built kernel at {image}: run invoke build --arch {arch.name} first")
+    if not shutil.which(arch.qemu_system):
+        raise KitError(f"{arch.qemu_system} is not installed: sudo apt-get install {arch.qemu_apt}")
+    if not (rootfs.root / GUEST_INIT.lstrip("/")).is_file():
+        raise KitError(f"no guest root filesystem at {rootfs.root}: build it first")
+    log_path = log_path or options.build.root / "vm.log"
+    boot_dir = Path(tempfile.mkdtemp(prefix="memuse-kit-boot-"))
+    try:
+        boot_dir.chmod(0o755)
+        (boot_dir / "init.sh").write_text(init_script(top_level(rootfs.root), shares))
+        script = run_script(options.command, nonce, options.cwd, guest_env(binaries))
+        (boot_dir / "run.sh").write_text(script)
+        cmd = qemu_command(arch, image, options, rootfs.root, boot_dir, shares)
+        return _boot(cmd, nonce, options.timeout, log_path, image)
+    finally:
+        shutil.rmtree(boot_dir, ignore_errors=True)
+
+
+def _boot(cmd: List[str], nonce: str, timeout: float, log_path: Path, image: Path) -> VmResult:
+    reader = ConsoleReader(nonce, sys.stdout, sys.stderr)
+    say(f"booting {image} (TCG) ...", sys.stderr)
+    with log_path.open("w") as log:
+        try:
+            status = Runner().stream(cmd, sinks=[reader.feed], log=log, timeout=timeout)
+        except CommandTimeout:
+            raise KitError(
+                f"the VM did not finish within {timeout:.0f}s; console log: {log_path}"
+            ) from None
+    if reader.status is None:
+        last = reader.kernel_log[-1] if reader.kernel_log else "no kernel output"
+        raise KitError(
+            f"the VM exited (QEMU status {status}) without reporting the command's status "
+            f"(last kernel line: {last[:160]}); console log: {log_path}"
+        )
+    return VmResult(reader.status, reader.output, reader.kernel_log)
