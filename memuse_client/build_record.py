@@ -23,6 +23,8 @@ KNOWN_SCHEMAS = (1, 2)
 # schema 1 recorded one number, memuse's
 SCHEMA_1_SYSCALL = "memuse"
 FILE_NAME = "metadata.json"
+# uname -m -> memuse-kit's architecture names
+MACHINES = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
 
 
 class RecordError(ValueError):
@@ -40,6 +42,9 @@ class BuildRecord:
     source: Optional[Dict[str, Any]] = None
     kernel_version: str = ""
     kernel_release: Optional[str] = None
+    # the architecture built for, as memuse-kit's --arch names it; records without it are
+    # x86_64's (the only one before arm64)
+    arch: str = "x86_64"
     syscalls: Dict[str, int] = field(default_factory=dict)  # name -> number
     probes: Dict[str, Any] = field(default_factory=dict)
     config: Dict[str, Any] = field(default_factory=dict)
@@ -71,6 +76,10 @@ class BuildRecord:
         is an int to Python)."""
         nr = self.syscalls.get(name)
         return nr if isinstance(nr, int) and not isinstance(nr, bool) else None
+
+    def is_for_machine(self, machine: str) -> bool:
+        """Whether the kernel was built for a machine that uname -m names so."""
+        return MACHINES.get(machine, machine) == self.arch
 
     def config_sha256(self) -> Optional[str]:
         digest = self.config.get("sha256")

@@ -144,18 +144,24 @@ def parse_override(text: str, what: str) -> int:
     return nr
 
 
-def matching_builds(release: str, root: Path, name: str = MEMUSE) -> List[Tuple[BuildRecord, Path]]:
-    """Records of the builds of `release` that know the syscall's number, best first.
+def matching_builds(
+    release: str, root: Path, name: str = MEMUSE, machine: Optional[str] = None
+) -> List[Tuple[BuildRecord, Path]]:
+    """Records of the builds of `release` for this machine's architecture that know the
+    syscall's number, best first. (An x86_64 and an arm64 build of one tree have the same
+    release: an arm64 guest that sees the host's cache must not read the x86_64 record.)
 
     A record that cannot be read (damaged, or another memuse-kit's schema) is no evidence.
     """
+    machine = machine or platform.machine()
     found = []
     for path in sorted((root / "builds").glob(f"*/{FILE_NAME}")):
         try:
             record = read_record(path)
         except RecordError:
             continue
-        if record.kernel_release == release and record.number_of(name) is not None:
+        ours = record.kernel_release == release and record.is_for_machine(machine)
+        if ours and record.number_of(name) is not None:
             found.append((record, path))
     # successful builds first, then the most recently finished
     found.sort(key=lambda item: (item[0].succeeded, str(item[0].finished)), reverse=True)
@@ -163,9 +169,9 @@ def matching_builds(release: str, root: Path, name: str = MEMUSE) -> List[Tuple[
 
 
 def number_from_metadata(
-    release: str, root: Path, name: str = MEMUSE
+    release: str, root: Path, name: str = MEMUSE, machine: Optional[str] = None
 ) -> Optional[Tuple[int, Path]]:
-    builds = matching_builds(release, root, name)
+    builds = matching_builds(release, root, name, machine)
     if not builds:
         return None
     record, path = builds[0]
@@ -222,7 +228,7 @@ def confirm_override(
     machine: Optional[str] = None,
 ) -> SyscallNumber:
     """The explicit number, if the running kernel is known to have the syscall as it."""
-    from_metadata = number_from_metadata(release, root, name)
+    from_metadata = number_from_metadata(release, root, name, machine)
     if from_metadata and from_metadata[0] == nr:
         return SyscallNumber(nr, source, verified=True)
     from_headers = number_from_headers(header_paths, name)
@@ -285,7 +291,7 @@ def discover(
             explicit[0], explicit[1], release, root, paths, kallsyms, name, machine
         )
 
-    from_metadata = number_from_metadata(release, root, name)
+    from_metadata = number_from_metadata(release, root, name, machine)
     if from_metadata:
         nr, path = from_metadata
         return SyscallNumber(nr, f"build metadata {path}", verified=True)

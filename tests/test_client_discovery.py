@@ -270,3 +270,19 @@ def test_discover_reads_the_headers_of_the_machine_it_is_told(env, tmp_path, mon
     with pytest.raises(MemuseUnavailable):
         discover(env=env, release=RELEASE, kallsyms=kallsyms(tmp_path, ""), machine="aarch64")
     assert asked == [(RELEASE, "aarch64")]
+
+
+def test_an_arm64_guest_reads_the_arm64_record_of_a_release_both_architectures_built(env, tmp_path):
+    """The host's cache, shared with the arm64 guest, holds the x86_64 and the arm64 build of
+    one tree: the same release. A record without an arch is x86_64's (written before arm64)."""
+    root = Path(env["MEMUSE_KIT_CACHE"])
+    common = {"kernel_release": RELEASE, "status": "success", "schema": 2}
+    write_build(root, "x86", syscalls={"memuse": 472}, finished="2026-11-29T18", **common)
+    arm = write_build(
+        root, "arm", syscalls={"memuse": 470}, arch="arm64", finished="2026-11-29T17", **common
+    )
+    symbols = "ffff800080001230 T __arm64_sys_memuse\n"
+    assert find(env, tmp_path, symbols=symbols, machine="aarch64") == SyscallNumber(
+        470, f"build metadata {arm}", verified=True
+    )
+    assert find(env, tmp_path).nr == 472

@@ -206,6 +206,7 @@ class Builder:
         )
         self.writer.update(
             kernel_version=str(self.kernel),
+            arch=self.options.target.name,
             syscalls=numbers,
             probes=patcher.probe_results(self.tree, list(numbers)),
             tree=str(self.tree),

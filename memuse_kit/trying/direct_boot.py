@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+import memuse_client
 from memuse_kit.core.arch import Arch
 from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
@@ -163,10 +164,23 @@ def init_script(tree: Mapping[str, Optional[str]], shares: Sequence[Share]) -> s
     return "\n".join(lines) + "\n"
 
 
+def client_home() -> Optional[Path]:
+    """The directory memuse_client is imported from here, shared so that the guest runs the
+    same client; None when it lives in a system directory the guest has its own of."""
+    home = Path(memuse_client.__file__).resolve().parent.parent
+    return None if home.parts[1] in SYSTEM else home
+
+
+# `memuse` in the guest: the client from the shared directory, run by the guest's Python
+MEMUSE_SHIM = '#!/bin/sh\nexec python3 -m memuse_client "$@"\n'
+
+
 def guest_env(binaries: Mapping[str, Path]) -> Dict[str, str]:
+    home = client_home()
     return {
         **{name: str(path) for name, path in binaries.items()},
-        "PATH": GUEST_PATH,
+        **({"PYTHONPATH": str(home)} if home else {}),
+        "PATH": f"{BOOT_MOUNT}/bin:{GUEST_PATH}",
         "HOME": "/root",
         "MEMUSE_KIT_CACHE": str(cache_root()),
         "PYTHONUNBUFFERED": "1",
@@ -191,7 +205,9 @@ def run_script(command: Sequence[str], nonce: str, cwd: Path, env: Mapping[str, 
 
 def boot_shares(cwd: Path, binaries: Mapping[str, Path]) -> List[Share]:
     """The repository, the kit's cache (build records) and the programs' directories."""
-    return host_shares([cwd, cache_root(), *(path.parent for path in binaries.values())])
+    home = client_home()
+    programs = [path.parent for path in binaries.values()]
+    return host_shares([cwd, cache_root(), *programs, *([home] if home else [])])
 
 
 def run_direct(
@@ -232,6 +248,9 @@ def run_direct(
         (boot_dir / "init.sh").write_text(init_script(top_level(rootfs.root), shares))
         script = run_script(options.command, nonce, options.cwd, guest_env(binaries))
         (boot_dir / "run.sh").write_text(script)
+        (boot_dir / "bin").mkdir(mode=0o755)
+        (boot_dir / "bin" / "memuse").write_text(MEMUSE_SHIM)
+        (boot_dir / "bin" / "memuse").chmod(0o755)
         cmd = qemu_command(arch, image, options, rootfs.root, boot_dir, shares)
         return _boot(cmd, nonce, options.timeout, log_path, image)
     finally:

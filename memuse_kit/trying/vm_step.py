@@ -13,7 +13,11 @@ from memuse_kit.core.errors import KitError
 from memuse_kit.core.options import parse_memory, parse_timeout
 from memuse_kit.trees.workspace import check_not_empty, resolve_tree
 from memuse_kit.trying.module import build_module, module_source
-from memuse_kit.trying.vm import DEFAULT_COMMAND, VmOptions, run_vm
+from memuse_kit.trying.vm import DEFAULT_COMMAND, VmOptions, VmResult, run_vm
+
+# the test program tests/guest runs, handed to a foreign guest (which has no compiler) when
+# the command runs in the repository
+CALLERS_SOURCE = Path("tests/guest/callers.c")
 
 
 def guest_command(remainder: str, argv: List[str]) -> List[str]:
@@ -54,7 +58,20 @@ def vm_command(
         timeout=seconds,
         dry_run=dry_run,
     )
-    return run_vm(options).status
+    return boot_build(options, target if arch is not None else None).status
+
+
+def boot_build(options: VmOptions, target: Optional[arches.Arch] = None) -> VmResult:
+    """virtme-ng for a kernel of this machine's architecture; QEMU straight from the image on
+    a Debian root of the kernel's own architecture for another (foreign_vm). The target is
+    --arch's, else the build's."""
+    target = target or options.build.arch()
+    if target.is_host():
+        return run_vm(options)
+    from memuse_kit.trying.foreign_vm import run_foreign_vm
+
+    callers = options.cwd / CALLERS_SOURCE
+    return run_foreign_vm(options, target, callers if callers.is_file() else None)
 
 
 def module_command(
