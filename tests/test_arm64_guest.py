@@ -111,7 +111,7 @@ with stopped_scenario("do-nothing") as pid:
 
 def test_the_static_scenario_program_runs_in_the_guest(kernel, built_rootfs, tmp_path):
     result = boot(kernel, built_rootfs, ["python3", "-c", SCENARIO], tmp_path)
-    expected = guest_binaries.static_scenarios(ARM64)
+    expected = guest_binaries.guest_scenarios(ARM64)
     assert result.status == 0, result.output
     assert result.output == [f"binary {expected}", "state T uid 0"]
 

@@ -45,27 +45,30 @@ def test_the_callers_are_named_as_tests_guest_names_them():
 
 
 def test_the_compile_is_static_with_the_clients_flags(tmp_path):
-    cmd = guest_binaries.static_command(arch.ARM64, Path("s.c"), CFLAGS, tmp_path / "out")
+    cmd = guest_binaries.compile_command(arch.ARM64, Path("s.c"), CFLAGS, tmp_path / "out")
     assert cmd == ["aarch64-linux-gnu-gcc", "-static", *CFLAGS, "-o", str(tmp_path / "out"), "s.c"]
 
 
 def test_the_programs_live_apart_from_the_hosts(cache):
-    assert guest_binaries.guest_bin_dir(arch.ARM64) == cache / "guest-bin" / "arm64"
+    programs = cache / "guest-bin" / "arm64"
+    assert guest_binaries.guest_bin_dir(arch.ARM64) == programs / "static"
+    assert guest_binaries.guest_bin_dir(arch.ARM64, static=False) == programs / "dynamic"
 
 
 def test_a_dry_run_prints_the_compile_and_touches_nothing(cache, capsys):
-    path = guest_binaries.static_scenarios(arch.ARM64, dry_run=True)
-    assert path == cache / "guest-bin/arm64" / binary_name()
+    path = guest_binaries.guest_scenarios(arch.ARM64, dry_run=True)
+    assert path == cache / "guest-bin/arm64/dynamic" / binary_name()
     out = capsys.readouterr().out
-    assert out.startswith("aarch64-linux-gnu-gcc -static -O0") and not cache.exists()
+    assert out.startswith("aarch64-linux-gnu-gcc -O0") and not cache.exists()
 
 
 @needs_cross_gcc
-def test_the_scenarios_are_a_static_arm64_program_reused_once_built(cache):
-    path = guest_binaries.static_scenarios(arch.ARM64)
-    assert path.name == binary_name() and elf_facts(path) == (EM_AARCH64, False)
+def test_the_scenarios_are_an_arm64_program_on_the_guests_libc_reused_once_built(cache):
+    """Dynamic: a static glibc program starts with a heap (its TLS comes from brk)."""
+    path = guest_binaries.guest_scenarios(arch.ARM64)
+    assert path.name == binary_name() and elf_facts(path) == (EM_AARCH64, True)
     built = path.stat().st_mtime_ns
-    assert guest_binaries.static_scenarios(arch.ARM64) == path
+    assert guest_binaries.guest_scenarios(arch.ARM64) == path
     assert path.stat().st_mtime_ns == built
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
 
@@ -75,9 +78,9 @@ def test_a_compile_error_is_one_line(cache, tmp_path):
     source = tmp_path / "bad.c"
     source.write_text("int main(void) { return nope; }\n")
     with pytest.raises(KitError) as error:
-        guest_binaries.static_program(arch.ARM64, source, ["-Wall"], "bad")
+        guest_binaries.guest_program(arch.ARM64, source, ["-Wall"], "bad")
     assert "\n" not in str(error.value) and "nope" in str(error.value)
-    assert list((cache / "guest-bin/arm64").iterdir()) == []
+    assert list((cache / "guest-bin/arm64/static").iterdir()) == []
 
 
 def test_the_environment_names_both_callers_variables(cache, monkeypatch, tmp_path):
@@ -85,11 +88,11 @@ def test_the_environment_names_both_callers_variables(cache, monkeypatch, tmp_pa
     source.write_text("int main(void) { return 0; }\n")
     made = []
 
-    def fake(arch_, source_, flags, name, dry_run=False):
+    def fake(arch_, source_, flags, name, dry_run=False, static=True):
         made.append(name)
         return cache / name
 
-    monkeypatch.setattr(guest_binaries, "static_program", fake)
+    monkeypatch.setattr(guest_binaries, "guest_program", fake)
     env = guest_binaries.guest_binaries_env(arch.ARM64, source)
     assert set(env) == {"MEMUSE_SCENARIOS_BIN", "MEMUSE_CALLERS_BIN", "MEMUSE_GUEST_CALLERS"}
     assert env["MEMUSE_CALLERS_BIN"].name == guest_binaries.callers_name(source)

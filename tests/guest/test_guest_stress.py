@@ -34,6 +34,7 @@ from tests.guest_support import (
     MIB,
     PAGE,
     REPORT,
+    WITHOUT_WATCHERS_ENV,
     call,
     collect,
     errno_name,
@@ -247,4 +248,5 @@ def test_25000_random_calls_against_churning_processes(nr, churners):
     assert forked > 100, "too little churn to mean anything"
     assert as_nobody["outcomes"].get("EACCES", 0) > 0
     assert reports_since(mark) == []
-    assert lockdep_before and lockdep_active(), "lockdep was or went off"
+    if os.environ.get(WITHOUT_WATCHERS_ENV) != "1":  # the arm64 guest's short fuzz has none
+        assert lockdep_before and lockdep_active(), "lockdep was or went off"
