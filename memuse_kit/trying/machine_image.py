@@ -50,6 +50,15 @@ _LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 Progress = Callable[[str], None]
 
 
+def debian_sources(mirror: str, security_mirror: str, suite: str) -> List[str]:
+    """The apt sources mmdebstrap is given: the suite, its updates and its security fixes."""
+    return [
+        f"deb {mirror} {suite} main",
+        f"deb {mirror} {suite}-updates main",
+        f"deb {security_mirror} {suite}-security main",
+    ]
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides the image's content; its hash names the cache directory."""
@@ -91,11 +100,7 @@ class Recipe:
         return f"{self.esp_serial[:4]}-{self.esp_serial[4:]}"
 
     def sources(self) -> List[str]:
-        return [
-            f"deb {self.mirror} {self.suite} main",
-            f"deb {self.mirror} {self.suite}-updates main",
-            f"deb {self.security_mirror} {self.suite}-security main",
-        ]
+        return debian_sources(self.mirror, self.security_mirror, self.suite)
 
     def shell_settings(self) -> str:
         """The recipe's values as shell variables, put before the scripts."""

@@ -31,6 +31,7 @@ from memuse_kit.core.cache import cache_root
 from memuse_kit.core.digest import sha256_bytes
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.runner import Runner
+from memuse_kit.trying.machine_image import debian_sources
 
 # Bump when the build steps change in a way the recipe's fields do not show.
 RECIPE_VERSION = 1
@@ -108,11 +109,7 @@ class RootfsRecipe:
         return f"debian-{self.suite}-{self.debian_arch}-{self.digest()}"
 
     def sources(self) -> List[str]:
-        return [
-            f"deb {self.mirror} {self.suite} main",
-            f"deb {self.mirror} {self.suite}-updates main",
-            f"deb {self.security_mirror} {self.suite}-security main",
-        ]
+        return debian_sources(self.mirror, self.security_mirror, self.suite)
 
 
 def recipe_for(arch: Arch) -> RootfsRecipe:
