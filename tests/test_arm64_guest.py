@@ -124,7 +124,7 @@ def test_the_static_callers_program_runs_in_the_guest(kernel, built_rootfs, tmp_
 
 
 # tests/guest on arm64: every kind of test but the x86-only compat ones (they skip with
-# their reason), and the fuzz at 2,000 calls (25,000 on the x86_64 KASAN guests)
+# their reason), and the fuzz at 5,000 calls (25,000 on the x86_64 KASAN guests)
 GUEST_TESTS = [
     "tests/guest/test_guest_agreement.py",
     "tests/guest/test_guest_errors.py",
@@ -133,7 +133,7 @@ GUEST_TESTS = [
     "tests/guest/test_guest_stress.py",
     "tests/guest/test_guest_compat.py",
 ]
-FUZZ_CALLS = 2000
+FUZZ_CALLS = 5000
 
 
 def test_memuse_is_proven_on_the_arm64_kernel(kernel, built_rootfs, tmp_path, measured):

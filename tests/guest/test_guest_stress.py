@@ -245,7 +245,8 @@ def test_25000_random_calls_against_churning_processes(nr, churners):
         reached = {name for name, count in seen["outcomes"].items() if count}
         assert {"ok", "ESRCH", "EINVAL"} <= reached, f"{caller} never got {seen['outcomes']}"
     assert alive == [True] * len(churners), "a churner died while it was measured"
-    assert forked > 100, "too little churn to mean anything"
+    # 100 new pids for 25,000 calls; a shorter run (the arm64 fuzz) needs its share of them
+    assert forked > max(20, 100 * CALLS // 25_000), "too little churn to mean anything"
     assert as_nobody["outcomes"].get("EACCES", 0) > 0
     assert reports_since(mark) == []
     if os.environ.get(WITHOUT_WATCHERS_ENV) != "1":  # the arm64 guest's short fuzz has none
