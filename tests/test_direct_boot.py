@@ -15,7 +15,14 @@ from memuse_kit.building.builddir import BuildDir
 from memuse_kit.core import arch
 from memuse_kit.core.errors import KitError
 from memuse_kit.trying import direct_boot
-from memuse_kit.trying.direct_boot import Share, host_shares, init_script, qemu_command
+from memuse_kit.trying.direct_boot import (
+    Share,
+    guest_env,
+    guest_path,
+    host_shares,
+    init_script,
+    qemu_command,
+)
 from memuse_kit.trying.rootfs import GUEST_INIT, Rootfs
 from memuse_kit.trying.vm import ConsoleReader, VmOptions
 
@@ -72,12 +79,10 @@ def test_memory_and_cpus_come_from_the_options(tmp_path):
     assert cmd[cmd.index("-m") + 1] == "1G" and cmd[cmd.index("-smp") + 1] == "1"
 
 
-def test_shares_drop_nested_directories_and_refuse_the_guests_own(tmp_path):
+def test_shares_drop_nested_directories(tmp_path):
     shares = host_shares([Path("/work/repo"), Path("/home/u/.cache/k"), Path("/work/repo/sub")])
     assert shares == [Share("memuse-s0", Path("/home/u/.cache/k")),
                       Share("memuse-s1", Path("/work/repo"))]  # fmt: skip
-    with pytest.raises(KitError, match=r"/usr/src/x cannot be shared .* /usr is its own"):
-        host_shares([Path("/usr/src/x")])
     with pytest.raises(KitError, match="host's / cannot"):
         host_shares([Path("/")])
 
@@ -250,3 +255,19 @@ def test_kvm_is_refused_for_a_foreign_guest(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(arch.Arch, "is_host", lambda self: False)
     with pytest.raises(KitError, match="--accel kvm cannot run an arm64 guest"):
         direct_boot.run_direct(options(tmp_path, accel="kvm"), arch.ARM64, guest_rootfs(tmp_path))
+
+
+def test_a_share_inside_the_guests_own_system_directories_is_mounted_elsewhere():
+    """A checkout in /var/lib/ci cannot be mounted at its path (the guest's /var is the
+    root's, read-only): it goes under /run/memuse-kit/host, and the paths the guest is
+    given (working directory, cache, programs) are translated; others keep their path."""
+    shares = host_shares([Path("/var/lib/ci/repo"), Path("/home/u/.cache/k")])
+    repo = next(share for share in shares if share.path == Path("/var/lib/ci/repo"))
+    assert repo.guest == Path("/run/memuse-kit/host/var/lib/ci/repo")
+    assert guest_path(Path("/var/lib/ci/repo/tests"), shares) == repo.guest / "tests"
+    assert guest_path(Path("/home/u/.cache/k/bin/x"), shares) == Path("/home/u/.cache/k/bin/x")
+    script = init_script({"var": None, "usr": None}, shares)
+    assert "/run/memuse-kit/root/run/memuse-kit/host/var/lib/ci/repo" in script
+    assert "mount -o bind /var /run/memuse-kit/root/var" in script  # the root's own /var
+    env = guest_env({"MEMUSE_SCENARIOS_BIN": Path("/var/lib/ci/repo/s")}, shares)
+    assert env["MEMUSE_SCENARIOS_BIN"] == "/run/memuse-kit/host/var/lib/ci/repo/s"

@@ -52,12 +52,24 @@ FRESH = frozenset(path.split("/")[0] for path, _ in KERNEL_MOUNTS)
 SYSTEM = frozenset({"usr", "etc", "var", "bin", "sbin", "lib", "lib64", "proc", "sys", "dev"})
 
 
+# where a host directory under one of the guest's own system directories is mounted instead
+ELSEWHERE = Path("/run/memuse-kit/host")
+
+
 @dataclass(frozen=True)
 class Share:
-    """A host directory shared read-only, at the same path in the guest."""
+    """A host directory shared read-only, at the same path in the guest, unless that path is
+    inside one of the guest's own system directories (a checkout in /var/lib/ci, say): then
+    under ELSEWHERE, and the paths the guest is given are translated (guest_path)."""
 
     tag: str
     path: Path
+
+    @property
+    def guest(self) -> Path:
+        if self.path.parts[1] in SYSTEM:
+            return ELSEWHERE / self.path.relative_to("/")
+        return self.path
 
 
 def host_shares(paths: Sequence[Path]) -> List[Share]:
@@ -69,13 +81,16 @@ def host_shares(paths: Sequence[Path]) -> List[Share]:
             raise KitError("the host's / cannot be shared into the guest: give a directory")
         if not any(outer in path.parents for outer in kept):
             kept.append(path)
-    for path in kept:
-        if path.parts[1] in SYSTEM:
-            raise KitError(
-                f"{path} cannot be shared into the guest at its own path: the guest's "
-                f"/{path.parts[1]} is its own; move it elsewhere (a cache under $HOME, say)"
-            )
     return [Share(f"memuse-s{index}", path) for index, path in enumerate(kept)]
+
+
+def guest_path(path: Path, shares: Sequence[Share]) -> Path:
+    """Where a host path is seen in the guest: through the share that holds it."""
+    absolute = Path(os.path.abspath(path))
+    for share in shares:
+        if absolute == share.path or share.path in absolute.parents:
+            return share.guest / absolute.relative_to(share.path)
+    return absolute
 
 
 def top_level(root: Path) -> Dict[str, Optional[str]]:
@@ -138,7 +153,7 @@ def mount_line(args: str, where: str) -> str:
 def init_script(tree: Mapping[str, Optional[str]], shares: Sequence[Share]) -> str:
     """PID 1's second step (after rootfs.GUEST_INIT): the new root, then run.sh in it."""
     root = NEW_ROOT
-    tops = {share.path.parts[1] for share in shares}
+    tops = {share.guest.parts[1] for share in shares}
     lines = [
         "#!/bin/sh",
         "# memuse-kit: the guest's root on a tmpfs, the host's directories at their paths",
@@ -155,7 +170,7 @@ def init_script(tree: Mapping[str, Optional[str]], shares: Sequence[Share]) -> s
     for path, args in KERNEL_MOUNTS:
         lines.append(mount_line(args, f"{root}/{path}"))
     for share in shares:
-        where = shlex.quote(f"{root}{share.path}")
+        where = shlex.quote(f"{root}{share.guest}")
         lines.append(mount_line(f"-t 9p -o ro,{NINEP_OPTIONS} {share.tag}", where))
     lines += [
         mount_line(f"-o bind {BOOT_MOUNT}", f"{root}{BOOT_MOUNT}"),
@@ -175,14 +190,19 @@ def client_home() -> Optional[Path]:
 MEMUSE_SHIM = '#!/bin/sh\nexec python3 -m memuse_client "$@"\n'
 
 
-def guest_env(binaries: Mapping[str, Path]) -> Dict[str, str]:
+def guest_env(binaries: Mapping[str, Path], shares: Sequence[Share] = ()) -> Dict[str, str]:
+    """The command's environment, every host path as the guest sees it."""
     home = client_home()
+
+    def seen(path: Path) -> str:
+        return str(guest_path(path, shares))
+
     return {
-        **{name: str(path) for name, path in binaries.items()},
-        **({"PYTHONPATH": str(home)} if home else {}),
+        **{name: seen(path) for name, path in binaries.items()},
+        **({"PYTHONPATH": seen(home)} if home else {}),
         "PATH": f"{BOOT_MOUNT}/bin:{GUEST_PATH}",
         "HOME": "/root",
-        "MEMUSE_KIT_CACHE": str(cache_root()),
+        "MEMUSE_KIT_CACHE": seen(cache_root()),
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
@@ -246,7 +266,8 @@ def run_direct(
     try:
         boot_dir.chmod(0o755)
         (boot_dir / "init.sh").write_text(init_script(top_level(rootfs.root), shares))
-        script = run_script(options.command, nonce, options.cwd, guest_env(binaries))
+        cwd = guest_path(options.cwd, shares)
+        script = run_script(options.command, nonce, cwd, guest_env(binaries, shares))
         (boot_dir / "run.sh").write_text(script)
         (boot_dir / "bin").mkdir(mode=0o755)
         (boot_dir / "bin" / "memuse").write_text(MEMUSE_SHIM)
