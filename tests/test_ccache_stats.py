@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from memuse_kit.building import ccache_stats
+from memuse_kit.building.build import ccache_mode
+from memuse_kit.building.compiler import Compiler
 from memuse_kit.core.runner import Runner
 
 pytestmark = pytest.mark.skipif(not shutil.which("ccache"), reason="ccache is not installed")
@@ -40,3 +42,14 @@ def test_one_miss_then_one_hit_are_this_builds_counts(tmp_path: Path):
 
 def test_output_without_counters_is_no_count():
     assert ccache_stats.parse("cache directory  /x\nprimary config  /y\n") is None
+
+
+def test_a_local_build_runs_ccache_in_depend_mode_unless_the_user_chose():
+    """Depend mode: a miss does not run the preprocessor a second time (a first build with an
+    empty cache cost a quarter more without it); distributed builds keep ccache's default."""
+    local = Compiler("gcc", "12.2.0", "ccache")
+    assert ccache_mode(local, {}) == {"CCACHE_DEPEND": "1"}
+    assert ccache_mode(local, {"CCACHE_NODEPEND": "1"}) == {}
+    assert ccache_mode(local, {"CCACHE_DEPEND": "0"}) == {}
+    farmed = Compiler("gcc", "12.2.0", "ccache", launcher="/b/prefix distcc")
+    assert ccache_mode(farmed, {}) == {}

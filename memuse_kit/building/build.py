@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from memuse_client.build_record import BuildRecord
 from memuse_kit.building import (
@@ -102,8 +102,19 @@ def _env(cc: compiler.Compiler, tree: Path, extra: Optional[Dict[str, str]] = No
         env["PATH"] = path  # modules_install runs depmod, which is in /usr/sbin
     if cc.ccache:
         env["CCACHE_DIR"] = _ccache_dir()
+        env.update(ccache_mode(cc, os.environ))
     env.update(extra or {})
     return env
+
+
+def ccache_mode(cc: compiler.Compiler, environ: Mapping[str, str]) -> Dict[str, str]:
+    """ccache's depend mode for a local build, unless the user chose a mode: it hashes the
+    dependencies the compiler lists (kbuild's -MMD) instead of running the preprocessor a
+    second time on every miss, which cost a first build with an empty cache a quarter more
+    (7.2 vm: 406 s, against 347 s in depend mode and 343 s without ccache; a rebuild into an
+    empty obj/ from the warm cache: 42 s, 992 of 993 compiles answered)."""
+    chosen = any(name in environ for name in ("CCACHE_DEPEND", "CCACHE_NODEPEND"))
+    return {} if chosen or cc.launcher else {"CCACHE_DEPEND": "1"}
 
 
 def _previous_record(bd: BuildDir) -> BuildRecord:
