@@ -19,6 +19,7 @@ from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.pipeline import ensure_patched
 from memuse_kit.core import arch
 from memuse_kit.trying import foreign_vm, guest_binaries, rootfs
+from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult
 from tests.guest_support import CALLERS_SOURCE, WITHOUT_WATCHERS_ENV, is_report
 from tests.kernel_trees import TESTED_SYSCALLS, cached_tree
@@ -162,3 +163,19 @@ def test_memuse_is_proven_on_the_arm64_kernel(kernel, built_rootfs, tmp_path, me
     assert not reports, "\n".join(reports[:40])
     measured.append(f"arm64 proof on {PROOF_KERNEL} (vm config), one boot: {seconds:.0f} s")
     measured += result.output[: result.output.index("experiment status 0")]
+
+
+def test_the_hello_module_is_cross_built_and_loads_in_the_arm64_guest(
+    kernel, built_rootfs, tmp_path
+):
+    """`invoke module --arch arm64`: the report's Part 1 module, built against the arm64
+    build with the cross compiler, loaded and unloaded in the guest (busybox's insmod)."""
+    module = build_module("hello", cached_tree(PROOF_KERNEL), kernel)
+    assert module.read_bytes()[18:20] == (183).to_bytes(2, "little")  # EM_AARCH64
+    script = (
+        f"busybox insmod {module} && busybox rmmod hello && "
+        "busybox dmesg | grep -o -E 'Hello, world!|Goodbye, world.'"
+    )
+    result = boot(kernel, built_rootfs, ["sh", "-c", script], tmp_path)
+    assert result.status == 0, result.output
+    assert result.output == ["Hello, world!", "Goodbye, world."]
