@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from memuse_client import discovery, smaps
 from memuse_kit.building import kconfig
 from memuse_kit.building.build import BuildOptions, build, cross_package_args
 from memuse_kit.building.builddir import BuildDir, find_build
@@ -114,3 +115,16 @@ def test_a_cross_build_packages_without_headers_where_mkdebian_has_the_profile(t
     assert cross_package_args(tmp_path, arch.X86_64) == []
     mkdebian.write_text("Build-Depends: bc, rsync, kmod, cpio, bison, flex\n")  # 6.1's
     assert cross_package_args(tmp_path, arch.ARM64) == []
+
+
+@pytest.mark.parametrize("entry", list(arch.ARCHES.values()), ids=lambda a: a.name)
+def test_the_clients_tables_agree_with_the_architecture_table(entry):
+    """The client runs in guests without memuse_kit, so it keys its own facts by uname -m:
+    every machine of every entry must find the entry's symbol prefix and THREAD_SIZE rule."""
+    for machine in entry.machines:
+        if machine in ("amd64",):  # dpkg's name, never uname -m's
+            continue
+        assert discovery.SYSCALL_WRAPPERS[machine] == entry.syscall_symbol_prefix
+        assert smaps.THREAD_SIZE_RULES[machine] is entry.thread_size
+    config = f"{entry.config_symbol}=y\nCONFIG_ARM64_4K_PAGES=y\nCONFIG_VMAP_STACK=y\n"
+    assert entry.thread_size(config) == 16384

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
+from memuse_client.smaps import arm64_thread_size, x86_64_thread_size
 from memuse_kit.core.errors import KitError
 
 
@@ -33,6 +34,10 @@ class Arch:
     # the `vm` configuration: its fragments over allnoconfig (in templates/config)
     vm_fragments: Tuple[str, ...]
     syscall_symbol_prefix: str  # SYSCALL_DEFINE's wrapper: __x64_sys_memuse
+    # THREAD_SIZE (memuse's kind 2) from a .config's text: the client's rule, which runs in
+    # guests without memuse_kit (its SYSCALL_WRAPPERS and THREAD_SIZE_RULES are keyed by
+    # uname -m; a test holds them to this table)
+    thread_size: Callable[[str], Optional[int]]
     # the apt packages with the C compiler, the plain one first, then one per version
     compiler_apt: Tuple[str, ...]
 
@@ -70,6 +75,7 @@ X86_64 = Arch(
     console="ttyS0",
     vm_fragments=("vm.config",),
     syscall_symbol_prefix="__x64_sys_",
+    thread_size=x86_64_thread_size,
     compiler_apt=("gcc", "gcc-11"),
 )
 
@@ -89,6 +95,7 @@ ARM64 = Arch(
     console="ttyAMA0",
     vm_fragments=("vm-arm64.config",),
     syscall_symbol_prefix="__arm64_sys_",
+    thread_size=arm64_thread_size,
     compiler_apt=("gcc-aarch64-linux-gnu", "gcc-11-aarch64-linux-gnu"),
 )
 
