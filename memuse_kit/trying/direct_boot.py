@@ -27,9 +27,9 @@ from memuse_kit.core.arch import Arch
 from memuse_kit.core.cache import cache_root
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import say
-from memuse_kit.core.runner import CommandTimeout, Runner
+from memuse_kit.core.runner import Runner
 from memuse_kit.trying.rootfs import BOOT_MOUNT, BOOT_TAG, GUEST_INIT, NINEP_OPTIONS, Rootfs
-from memuse_kit.trying.vm import ConsoleReader, VmOptions, VmResult
+from memuse_kit.trying.vm import VmOptions, VmResult, watch_console
 
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # virtio over MMIO: the virt machine's own transport (the fast arm64 kernel has no PCI)
@@ -279,19 +279,5 @@ def run_direct(
 
 
 def _boot(cmd: List[str], nonce: str, timeout: float, log_path: Path, image: Path) -> VmResult:
-    reader = ConsoleReader(nonce, sys.stdout, sys.stderr)
     say(f"booting {image} (TCG) ...", sys.stderr)
-    with log_path.open("w") as log:
-        try:
-            status = Runner().stream(cmd, sinks=[reader.feed], log=log, timeout=timeout)
-        except CommandTimeout:
-            raise KitError(
-                f"the VM did not finish within {timeout:.0f}s; console log: {log_path}"
-            ) from None
-    if reader.status is None:
-        last = reader.kernel_log[-1] if reader.kernel_log else "no kernel output"
-        raise KitError(
-            f"the VM exited (QEMU status {status}) without reporting the command's status "
-            f"(last kernel line: {last[:160]}); console log: {log_path}"
-        )
-    return VmResult(reader.status, reader.output, reader.kernel_log)
+    return watch_console(cmd, nonce, timeout, log_path, "QEMU")

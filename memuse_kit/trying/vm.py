@@ -214,25 +214,36 @@ def run_vm(options: VmOptions, log_path: Optional[Path] = None) -> VmResult:
     nonce = secrets.token_hex(4)
     extra = {} if options.dry_run else prebuilt_scenarios()
     cmd = vng_command(options, guest_script(options.command, nonce, options.cwd, extra), use_kvm)
-    runner = Runner(dry_run=options.dry_run)
-    reader = ConsoleReader(nonce, sys.stdout, sys.stderr)
     if options.dry_run:
-        runner.stream(cmd)
+        Runner(dry_run=True).stream(cmd)
         return VmResult(0, [], [])
     log_path = log_path or options.build.root / "vm.log"
     say(f"booting {image} ({'KVM' if use_kvm else 'TCG'}) ...", sys.stderr)
+    return watch_console(cmd, nonce, options.timeout, log_path, "vng", vng_env(cmd[0]))
+
+
+def watch_console(
+    cmd: List[str],
+    nonce: str,
+    timeout: float,
+    log_path: Path,
+    engine: str,
+    env: Optional[Dict[str, str]] = None,
+) -> VmResult:
+    """Run the VM's command (vng, or QEMU itself), the console sorted by ConsoleReader and
+    kept in log_path; the command's status from its markers, or one line saying why not."""
+    reader = ConsoleReader(nonce, sys.stdout, sys.stderr)
     with log_path.open("w") as log:
         try:
-            status = runner.stream(
-                cmd, env=vng_env(cmd[0]), sinks=[reader.feed], log=log, timeout=options.timeout
-            )
+            status = Runner().stream(cmd, env=env, sinks=[reader.feed], log=log, timeout=timeout)
         except CommandTimeout:
             raise KitError(
-                f"the VM did not finish within {options.timeout:.0f}s; console log: {log_path}"
+                f"the VM did not finish within {timeout:.0f}s; console log: {log_path}"
             ) from None
     if reader.status is None:
+        last = reader.kernel_log[-1] if reader.kernel_log else "no kernel output"
         raise KitError(
-            f"the VM exited (vng status {status}) without reporting the command's status; "
-            f"console log: {log_path}"
+            f"the VM exited ({engine} status {status}) without reporting the command's status "
+            f"(last kernel line: {last[:160]}); console log: {log_path}"
         )
     return VmResult(reader.status, reader.output, reader.kernel_log)
