@@ -15,7 +15,7 @@ import pytest
 
 from memuse_kit.core import arch
 from memuse_kit.core.errors import KitError
-from memuse_kit.trying import guest_preflight, rootfs
+from memuse_kit.trying import guest_preflight, machine_image, rootfs
 from memuse_kit.trying.rootfs import GUEST_INIT, RootfsRecipe, ensure_rootfs, recipe_for
 
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
@@ -188,7 +188,7 @@ def test_the_preflight_names_every_missing_package_in_one_line(monkeypatch):
 def test_the_preflight_passes_when_everything_is_there(monkeypatch):
     monkeypatch.setattr(guest_preflight.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(guest_preflight, "static_libc", lambda _: Path(sys.executable))
-    monkeypatch.setattr(guest_preflight, "has_subordinate_ids", lambda: True)
+    monkeypatch.setattr(guest_preflight, "subordinate_ids_problem", lambda: None)
     assert guest_preflight.missing_packages(arch.ARM64) == []
     guest_preflight.check_guest_host(arch.ARM64)
 
@@ -196,8 +196,8 @@ def test_the_preflight_passes_when_everything_is_there(monkeypatch):
 def test_the_preflight_asks_for_subordinate_ids(monkeypatch):
     monkeypatch.setattr(guest_preflight.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(guest_preflight.os, "getuid", lambda: 4321)
-    monkeypatch.setattr(guest_preflight, "has_subordinate_ids", lambda: False)
-    monkeypatch.setattr(guest_preflight.pwd, "getpwuid", lambda _: type("E", (), {"pw_name": "u"}))
+    monkeypatch.setattr(machine_image, "_has_subordinate_ids", lambda user: False)
+    monkeypatch.setattr(machine_image.pwd, "getpwuid", lambda _: type("E", (), {"pw_name": "u"}))
     assert guest_preflight.rootfs_problems() == [
         "mmdebstrap --mode=unshare needs subordinate ids for u: sudo usermod --add-subuids "
         "100000-165535 --add-subgids 100000-165535 u"

@@ -4,13 +4,13 @@ checked before anything is downloaded or built, and named in one line with its a
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 from pathlib import Path
 from typing import List
 
 from memuse_kit.core.arch import Arch
 from memuse_kit.core.errors import KitError
+from memuse_kit.trying.machine_image import subordinate_ids_problem
 
 
 def static_libc(arch: Arch) -> Path:
@@ -50,19 +50,8 @@ def rootfs_problems() -> List[str]:
     if missing:
         packages = " ".join(missing)
         problems.append(f"the guest's root filesystem needs: sudo apt-get install {packages}")
-    if os.getuid() != 0 and not has_subordinate_ids():
-        user = pwd.getpwuid(os.getuid()).pw_name
-        problems.append(
-            f"mmdebstrap --mode=unshare needs subordinate ids for {user}: sudo usermod "
-            f"--add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
-        )
-    return problems
-
-
-def has_subordinate_ids() -> bool:
-    from memuse_kit.trying.machine_image import _has_subordinate_ids
-
-    return _has_subordinate_ids(pwd.getpwuid(os.getuid()).pw_name)
+    ids = subordinate_ids_problem()
+    return [*problems, *([ids] if ids else [])]
 
 
 def check_guest_host(arch: Arch) -> None:

@@ -185,12 +185,20 @@ def check_host() -> None:
         missing.append("ovmf")
     if missing:
         raise KitError(f"the test machine needs: sudo apt-get install {' '.join(missing)}")
+    problem = subordinate_ids_problem()
+    if problem:
+        raise KitError(problem)
+
+
+def subordinate_ids_problem() -> Optional[str]:
+    """What a rootless mmdebstrap (--mode=unshare) lacks for this user, if anything."""
     user = pwd.getpwuid(os.getuid()).pw_name
-    if os.getuid() != 0 and not _has_subordinate_ids(user):
-        raise KitError(
-            f"mmdebstrap --mode=unshare needs subordinate ids for {user}: sudo usermod "
-            f"--add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
-        )
+    if os.getuid() == 0 or _has_subordinate_ids(user):
+        return None
+    return (
+        f"mmdebstrap --mode=unshare needs subordinate ids for {user}: sudo usermod "
+        f"--add-subuids 100000-165535 --add-subgids 100000-165535 {user}"
+    )
 
 
 def _has_subordinate_ids(user: str) -> bool:
