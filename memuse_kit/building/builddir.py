@@ -39,9 +39,10 @@ class BuildDir:
                 record = bd.read_record()
             except KitError:
                 continue  # damaged, or from another memuse-kit: not a build to use
+            # one read of obj/.config: bd.image() would read it again for the image's path
             if record is None or not record.succeeded or bd.arch() is not arch:
                 continue
-            if bd.image().is_file():
+            if (bd.obj / arch.image_path).is_file():
                 candidates.append((record.finished, bd))
         return max(candidates, key=lambda item: item[0])[1] if candidates else None
 
