@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Tuple
 
-from .build_record import FILE_NAME, BuildRecord, RecordError, read_record
+from .build_record import FILE_NAME, MACHINES, BuildRecord, RecordError, read_record
 from .errors import MemuseUnavailable
 
 MEMUSE = "memuse"
@@ -66,7 +66,6 @@ KALLSYMS = Path("/proc/kallsyms")
 
 # SYSCALL_DEFINE's wrapper symbol per machine (uname -m), besides a plain sys_NAME
 SYSCALL_WRAPPERS = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_", "arm64": "__arm64_sys_"}
-ARM64_MACHINES = ("aarch64", "arm64")
 
 
 def _machine(machine: Optional[str]) -> str:
@@ -119,7 +118,7 @@ def default_header_paths(release: str, machine: Optional[str] = None) -> List[Pa
     arm64 takes its numbers from asm-generic's unistd.h; from 6.11 scripts/syscall.tbl
     generates them into asm/unistd_64.h, in the build tree and in Debian's multiarch headers.
     """
-    if _machine(machine) in ARM64_MACHINES:
+    if MACHINES.get(_machine(machine)) == "arm64":
         build = Path(f"/lib/modules/{release}/build")
         return [
             build / "arch/arm64/include/generated/uapi/asm/unistd_64.h",
