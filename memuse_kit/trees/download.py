@@ -6,14 +6,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Dict, Optional, TextIO
-
-import requests
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Dict, Optional, TextIO
 
 from memuse_kit.core import output
 from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
+
+if TYPE_CHECKING:  # requests and tqdm load when a transfer starts, not with every task
+    import requests
+    from tqdm import tqdm
 
 TIMEOUT = (15.0, 60.0)  # seconds to connect, seconds between received bytes
 CHUNK = 1 << 16  # a broken connection loses the chunk being read; resume starts before it
@@ -73,6 +74,8 @@ class TransferProgress:
         self.reported = self._mark()
         self.bar: Optional[tqdm] = None
         if self.out.isatty():
+            from tqdm import tqdm
+
             self.bar = tqdm(
                 total=self.total,
                 initial=initial,
@@ -222,6 +225,8 @@ def _save(
     total: Optional[int],
     out: Optional[TextIO],
 ) -> None:
+    import requests
+
     name = part.name[: -len(".part")]
     progress = TransferProgress(f"downloading {name}", total, initial=offset, out=out)
     try:
@@ -248,6 +253,8 @@ def _range_start(response: requests.Response) -> int:
 def _get(
     session: Optional[requests.Session], url: str, headers: Dict[str, str]
 ) -> requests.Response:
+    import requests
+
     getter = session.get if session is not None else requests.get
     try:
         return getter(url, headers={**HEADERS, **headers}, stream=True, timeout=TIMEOUT)

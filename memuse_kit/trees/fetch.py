@@ -32,7 +32,6 @@ from memuse_kit.core.runner import Runner
 from memuse_kit.trees import sources
 from memuse_kit.trees.debsource import Apt, unpack_deb
 from memuse_kit.trees.download import Unreachable, fetch_file, fetch_text, parse_sha256sums
-from memuse_kit.trees.gitsource import changelog_version, clone_tag
 from memuse_kit.trees.kernel_version import read_tree_version
 from memuse_kit.trees.sources import Coordinates, Distribution, Spec
 
@@ -231,6 +230,9 @@ class Fetcher:
         return spec.arg if spec.kind == "kernel.org" else None
 
     def _git(self, spec: Spec) -> FetchResult:
+        # GitPython runs `git version` when imported: only a clone pays for it
+        from memuse_kit.trees.gitsource import changelog_version, clone_tag
+
         src = self.coords.git[spec.arg]
         slug = _safe(f"{src.tree_prefix}-{src.version}")
         say(f"{spec.name}: shallow clone of tag {src.tag} from {src.url}")
