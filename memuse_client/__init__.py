@@ -13,11 +13,30 @@ calls a given number with any n, for testing the kernel's own checks (EINVAL...)
 
 from __future__ import annotations
 
-from .errors import MemuseUnavailable, ScenarioError, ScenarioUnavailable
-from .kinds import Kind, parse_kind
-from .scenarios import StoppedScenario, stopped_scenario
-from .smaps import smaps_memuse
-from .syscall import memuse, raw_memuse
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .errors import MemuseUnavailable, ScenarioError, ScenarioUnavailable
+    from .kinds import Kind, parse_kind
+    from .scenarios import StoppedScenario, stopped_scenario
+    from .smaps import smaps_memuse
+    from .syscall import memuse, raw_memuse
+
+# each name loads its module on first use: memuse-kit's build imports one small module of
+# this package, and a no-op `invoke build` should not pay for ctypes and the scenarios
+_HOME = {
+    "Kind": "kinds",
+    "MemuseUnavailable": "errors",
+    "ScenarioError": "errors",
+    "ScenarioUnavailable": "errors",
+    "StoppedScenario": "scenarios",
+    "memuse": "syscall",
+    "parse_kind": "kinds",
+    "raw_memuse": "syscall",
+    "smaps_memuse": "smaps",
+    "stopped_scenario": "scenarios",
+}
 
 __all__ = [
     "Kind",
@@ -31,3 +50,9 @@ __all__ = [
     "smaps_memuse",
     "stopped_scenario",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from invoke import Collection
 
 import tasks
@@ -54,3 +55,30 @@ def test_memuse_kit_lists_and_helps_from_another_directory(tmp_path):
     refused = memuse_kit("patch", "--tree", "")
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "--tree is empty" in refused.stderr
+
+
+def test_the_build_path_loads_no_network_terminal_or_scenario_modules():
+    """Issue 12's no-op bar: every `invoke build` pays for what the build path imports. HTTP,
+    git and tqdm load when a download, a clone or a terminal bar starts; the client's
+    scenarios and ctypes when a guest test runs. Each was 10 to 70 ms of a no-op build."""
+    probe = (
+        "import sys, invoke, memuse_kit.tasks, memuse_kit.building.pipeline\n"
+        "import memuse_kit.trees.fetch  # every build reads the tree's source record\n"
+        "heavy = ('requests', 'urllib3', 'git', 'tqdm', 'ctypes', 'memuse_client.scenarios',"
+        " 'memuse_client.syscall')\n"
+        "print(' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert done.stdout.strip() == ""
+
+
+def test_the_client_package_still_offers_its_names():
+    """memuse_client loads its modules on first use; every name of __all__ still resolves."""
+    import memuse_client
+
+    for name in memuse_client.__all__:
+        assert getattr(memuse_client, name) is not None
+    with pytest.raises(AttributeError):
+        memuse_client.no_such_name  # noqa: B018

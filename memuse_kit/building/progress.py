@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import Callable, Optional, TextIO, Tuple
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Callable, Optional, TextIO, Tuple
 
 from memuse_kit.core import output
+
+if TYPE_CHECKING:  # loaded for a terminal's bar only: a build in a pipe never draws one
+    from tqdm import tqdm
 
 # kbuild's quiet output: "  CC      kernel/sys.o", "  LD [M]  fs/foo.ko", ...
 _STEP = re.compile(r"^\s{2}(CC|AS|CC \[M\]|AS \[M\])\s+\S+\.o\s*$")
@@ -52,6 +53,8 @@ class BuildProgress:
         self.finished: Optional[float] = None
         self.bar: Optional[tqdm] = None
         if out.isatty() and output.verbosity() >= output.Verbosity.NORMAL:
+            from tqdm import tqdm
+
             self.bar = tqdm(total=self.estimate, desc=label, unit="obj", file=out, leave=False)
 
     def percent(self) -> int:
