@@ -281,3 +281,31 @@ def test_maintainers_sections_stay_in_alphabetical_order(tree, tmp_path, monkeyp
         for title in ("MEMORY MANAGEMENT", "MEMY SYSTEM CALL", "MEMZ SYSTEM CALL", "MEN A21")
     ]
     assert order == sorted(order)
+
+
+def test_section_titles_are_the_lines_an_entry_follows():
+    """A MAINTAINERS title starts with text, is no entry itself, and an entry follows it:
+    not the indented entries of the file's description, not an underlined heading, not a
+    title followed by a blank line. In either line ending."""
+    from memuse_kit.patching.targets import _section_titles
+
+    text = (
+        "List of maintainers\n===\n\n\tM: *Mail* patches\n\n"
+        "A SECTION\nM:\tOne <one@example.org>\nS:\tMaintained\n\n"
+        "NO ENTRY FOLLOWS\n\n"
+        "B SECTION (b, bb)\nL:\tlist@example.org\n"
+    )
+    titles = [("A SECTION", text.index("A SECTION")), ("B SECTION (b, bb)", text.index("B SEC"))]
+    assert _section_titles(text) == [(offset, title) for title, offset in titles]
+    crlf = text.replace("\n", "\r\n")
+    assert [title for _, title in _section_titles(crlf)] == ["A SECTION\r", "B SECTION (b, bb)\r"]
+
+
+def test_the_plan_s_probe_results_are_the_patched_tree_s(tree):
+    """The build records the probes the plan made instead of probing the tree again."""
+    patch(tree, "memuse", "fdcount")
+    plan = patcher.plan_patch(tree)
+    assert not plan.changed
+    results = plan.probe_results()
+    assert results == patcher.probe_results(tree, list(plan.numbers))
+    assert "fdcount.get_files_struct" in results and "mm_access_no_mm" in results

@@ -62,6 +62,7 @@ def build_chain(
     options = BuildOptions(tree=root, config=config, fragments=tuple(fragments), **flags)  # type: ignore[arg-type]
     options.source = source_record(root)
     options.planned_syscalls = plan.numbers
+    options.planned_probes = plan.probe_results()
     return build(options)
 
 

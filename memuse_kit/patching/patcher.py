@@ -99,6 +99,14 @@ class PatchPlan:
     def numbers(self) -> Dict[str, int]:
         return {placed.name: placed.nr for placed in self.syscalls}
 
+    def probe_results(self) -> Dict[str, object]:
+        """probe_results() of the planned tree, from what the plan probed already."""
+        results: Dict[str, object] = dict(self.facts.as_dict()) if self.facts else {}
+        for placed in self.syscalls:
+            for probe, value in placed.probes.items():
+                results[f"{placed.name}.{probe}"] = value
+        return results
+
 
 def describe_numbers(numbers: Mapping[str, int]) -> str:
     """memuse = syscall 472, fdcount = syscall 473"""
