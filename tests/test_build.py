@@ -105,6 +105,20 @@ def test_nothing_changed_means_nothing_compiled_or_repackaged(tree, capsys):
     assert "packages are up to date" in capsys.readouterr().out
 
 
+def test_package_sums_come_from_sha256sums_only_when_it_is_newer(tree):
+    """A no-op build records the packages' sums from SHA256SUMS instead of reading 20 MB of
+    packages again; a package written after SHA256SUMS is read."""
+    result = build(options(tree))
+    bd, image = result.build_dir, artifacts.image_package(result.build_dir, result.release)
+    real = artifacts.package_sums(bd, result.packages)
+    assert metadata(tree)["artifacts"] == [{"file": n, "sha256": d} for n, d in real.items()]
+    sums = bd.artifacts / artifacts.SUMS
+    sums.write_text(sums.read_text().replace(real[image.name], "0" * 64))
+    assert artifacts.package_sums(bd, [image]) == {image.name: "0" * 64}
+    os.utime(image, ns=(sums.stat().st_mtime_ns + 10**9,) * 2)
+    assert artifacts.package_sums(bd, [image]) == {image.name: real[image.name]}
+
+
 @pytest.fixture
 def generations(monkeypatch) -> list:
     """Every configuration generate() makes (the defconfig, merge and olddefconfig runs)."""

@@ -71,11 +71,34 @@ def packages_up_to_date(bd: BuildDir, release: str) -> bool:
     return deb is not None and deb.stat().st_mtime_ns >= newest
 
 
-def verify_sums(bd: BuildDir) -> Dict[str, bool]:
+def package_sums(bd: BuildDir, packages: List[Path]) -> Dict[str, str]:
+    """name -> sha256 of each package: from SHA256SUMS when it was written after the package
+    (a no-op build would otherwise read 20 MB of packages again), else read now."""
+    recorded = _recorded_sums(bd)
+    written = _mtime_ns(bd.artifacts / SUMS)
+    return {
+        p.name: recorded[p.name]
+        if p.name in recorded and written >= p.stat().st_mtime_ns
+        else sha256_file(p)
+        for p in packages
+    }
+
+
+def _recorded_sums(bd: BuildDir) -> Dict[str, str]:
     sums = bd.artifacts / SUMS
-    result = {}
-    for line in sums.read_text().splitlines() if sums.is_file() else []:
-        digest, name = line.split(maxsplit=1)
-        path = bd.artifacts / name
-        result[name] = path.is_file() and sha256_file(path) == digest
-    return result
+    lines = sums.read_text().splitlines() if sums.is_file() else []
+    return {name: digest for digest, name in (line.split(maxsplit=1) for line in lines)}
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def verify_sums(bd: BuildDir) -> Dict[str, bool]:
+    return {
+        name: (bd.artifacts / name).is_file() and sha256_file(bd.artifacts / name) == digest
+        for name, digest in _recorded_sums(bd).items()
+    }

@@ -27,7 +27,6 @@ from memuse_kit.core import arch as arches
 from memuse_kit.core import atomic
 from memuse_kit.core.cache import ccache_dir
 from memuse_kit.core.clock import now
-from memuse_kit.core.digest import sha256_file
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.output import problem, report, say, warn
 from memuse_kit.core.runner import Runner
@@ -49,6 +48,7 @@ class BuildOptions:
     source: Optional[dict] = None
     # a dry run's syscall numbers for a tree it did not patch
     planned_syscalls: Dict[str, int] = field(default_factory=dict)
+    planned_probes: Optional[Dict[str, object]] = None  # the plan's, so not probed twice
     localmodconfig: bool = False
     lsmod: Optional[str] = None  # lsmod output to trim to; default: the modules loaded now
     packages: bool = True  # False: compile and link only, for invoke vm (bindeb-pkg skipped)
@@ -219,7 +219,7 @@ class Builder:
             kernel_version=str(self.kernel),
             arch=self.options.target.name,
             syscalls=numbers,
-            probes=patcher.probe_results(self.tree, list(numbers)),
+            probes=self._probe_results(numbers),
             tree=str(self.tree),
             source=self.options.source,
             config={
@@ -237,6 +237,12 @@ class Builder:
             debug_info=self.options.debug_info,
             log=str(self.bd.log),
         )
+
+    def _probe_results(self, numbers: Dict[str, int]) -> Dict[str, object]:
+        planned = self.options.planned_probes
+        if planned is not None and numbers == self.options.planned_syscalls:
+            return planned
+        return patcher.probe_results(self.tree, list(numbers))
 
     def _farm(self, cc: compiler.Compiler) -> Optional[distributed.Farm]:
         """The helpers --distcc or --icecream name, each checked with a test compile."""
@@ -465,7 +471,10 @@ class Builder:
             self.writer.update(
                 status="success",
                 kernel_release=self.bd.kernel_release(),
-                artifacts=[{"file": p.name, "sha256": sha256_file(p)} for p in packages],
+                artifacts=[
+                    {"file": name, "sha256": digest}
+                    for name, digest in artifacts.package_sums(self.bd, packages).items()
+                ],
                 packaged=self.options.packages,
             )
             release = self.bd.kernel_release() or ""
