@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import inspect
 import logging
 import os
@@ -20,6 +22,18 @@ VERBOSITY_HELP = {
     "quiet": "only warnings, errors and results: no progress",
 }
 DEBUG_ENV = "MEMUSE_KIT_DEBUG"
+
+
+def _freeze_for_exit() -> None:
+    """Collect the garbage (its finalizers run as usual), then freeze what is left: it lives
+    until the process ends, and Python's teardown no longer walks it again for every module
+    it clears. That walk cost each command 60-90 ms here, a tenth of a no-op build's overhead
+    over make."""
+    gc.collect()
+    gc.freeze()
+
+
+atexit.register(_freeze_for_exit)
 
 
 def debugging() -> bool:

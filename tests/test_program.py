@@ -82,3 +82,19 @@ def test_the_client_package_still_offers_its_names():
         assert getattr(memuse_client, name) is not None
     with pytest.raises(AttributeError):
         memuse_client.no_such_name  # noqa: B018
+
+
+def test_garbage_left_at_exit_is_still_finalized(tmp_path):
+    """cli freezes what is alive at exit so that Python's teardown skips it: garbage must be
+    collected before (a cycle whose finalizer flushes a file would otherwise never run)."""
+    said = tmp_path / "finalized"
+    probe = (
+        "import memuse_kit.cli\n"
+        "class Node:\n"
+        "    def __del__(self):\n"
+        f"        open({str(said)!r}, 'w').write('yes')\n"
+        "node = Node(); node.me = node; del node\n"
+        "import gc; gc.disable()  # only the exit may collect it\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO)
+    assert said.read_text() == "yes"
