@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +27,6 @@ from memuse_kit.building import artifacts, kconfig
 from memuse_kit.building.build import BuildOptions, build
 from memuse_kit.building.builddir import BuildDir
 from memuse_kit.building.pipeline import ensure_patched
-from memuse_kit.building.progress import is_compile_step
 from memuse_kit.core.cache import cache_root
 from memuse_kit.trying.module import build_module
 from memuse_kit.trying.vm import VmOptions, VmResult, run_vm
@@ -334,43 +334,67 @@ def test_invoke_vm_returns_the_command_status(vm_kernel):
     assert not reports, "the kernel log of the boot has reports:\n" + "\n".join(reports[:40])
 
 
-def _timed(cmd: List[str], cwd: Path) -> Tuple[float, str]:
-    start = time.monotonic()
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
-    return time.monotonic() - start, done.stdout + done.stderr
+_MAKE_CLOCK = """#!/bin/sh
+# the real make, timed: one line "START END" (seconds) per run
+start=$(date +%s.%N)
+{make} "$@"
+status=$?
+echo "$start $(date +%s.%N)" >> {log}
+exit $status
+"""
+
+
+def _make_clock(where: Path) -> Tuple[Dict[str, str], Path]:
+    """An environment whose `make` is the real one under a clock, and the clock's log."""
+    real = shutil.which("make")
+    assert real is not None
+    log = where / "make-times"
+    shim = where / "bin" / "make"
+    shim.parent.mkdir()
+    shim.write_text(_MAKE_CLOCK.format(make=shlex.quote(real), log=shlex.quote(str(log))))
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PATH"] = f"{shim.parent}:{env['PATH']}"
+    return env, log
 
 
 @pytest.mark.parametrize("vm_kernel", ["debian:7.2"], indirect=True)
-def test_a_no_op_build_costs_at_most_1_1x_a_bare_make(vm_kernel, measured):
+def test_a_no_op_build_costs_at_most_1_1x_a_bare_make(vm_kernel, measured, tmp_path):
     """Issue 12: `invoke build` with nothing to do costs at most 1.1x the bare no-op make it
-    runs (the same command line and environment, read from its build.log): the patch check,
-    preflight, configuration and packaging check around make cost at most a tenth of it.
-    Best of three runs of each, alternating: single no-op runs of both vary by a second here
-    (make 7.3-8.0 s, invoke build 7.9-9.1 s on 2026-11-29), more than the tenth allowed."""
-    spec, tree, bd = vm_kernel
+    runs: the patch check, preflight, configuration and packaging check around make cost at
+    most a tenth of it. The make is timed inside each run, by a `make` on PATH that runs the
+    real one with the same command line and environment: make's own spread from run to run
+    (7.4 to 9.4 s here on 2026-11-29) is larger than the tenth, and a separate bare run put
+    it on one side of the ratio only (CI failed once at 1.13 that way). Best of three runs.
+    PYTHONDONTWRITEBYTECODE (set in some CI shells) is left out, as a user's shell leaves it:
+    Python compiles the kit once, not on every run."""
+    spec, tree, _ = vm_kernel
     current = cache_root() / "current.json"
     remembered = current.read_bytes() if current.is_file() else None
+    env, clock = _make_clock(tmp_path)
     invoke = [sys.executable, "-m", "invoke", "build", "--tree", str(tree), "--config", "vm-debug"]
+    runs: List[Tuple[float, float]] = []  # (invoke build, its make) in seconds
     try:
-        _, first = _timed(invoke, REPO)  # writes the configuration digest if it was not there
-        assert "nothing to compile" in first, first[-2000:]
-        make_line = next(
-            line[2:] for line in bd.log.read_text().splitlines() if line.startswith("$ ")
-        )
-        runs: Dict[str, List[float]] = {"make": [], "invoke": []}
+        first = subprocess.run(invoke, cwd=REPO, env=env, capture_output=True, text=True)
+        assert "nothing to compile" in first.stdout + first.stderr, first.stderr[-2000:]
         for _ in range(3):
-            seconds, out = _timed(["bash", "-c", make_line], REPO)
-            assert not [line for line in out.splitlines() if is_compile_step(line)], out
-            runs["make"].append(seconds)
-            seconds, out = _timed(invoke, REPO)
+            clock.unlink()
+            start = time.monotonic()
+            done = subprocess.run(invoke, cwd=REPO, env=env, capture_output=True, text=True)
+            seconds = time.monotonic() - start
+            out = done.stdout + done.stderr
+            assert done.returncode == 0, out[-2000:]
             assert "nothing to compile" in out and "packages are up to date" in out, out
-            runs["invoke"].append(seconds)
+            makes = [line.split() for line in clock.read_text().splitlines()]
+            assert len(makes) == 1, makes  # the one make of a no-op build
+            runs.append((seconds, float(makes[0][1]) - float(makes[0][0])))
     finally:
         if remembered is not None:
             current.write_bytes(remembered)
-    ratio = min(runs["invoke"]) / min(runs["make"])
+    ratio = min(total / make for total, make in runs)
+    rounded = [(round(total, 2), round(make, 2)) for total, make in runs]
     measured.append(
-        f"{spec} vm-debug no-op: invoke build {min(runs['invoke']):.1f} s, bare make "
-        f"{min(runs['make']):.1f} s: {ratio:.2f}x (runs {runs})"
+        f"{spec} vm-debug no-op: invoke build / its make, best of 3: {ratio:.3f}x "
+        f"(runs, seconds: {rounded})"
     )
-    assert ratio <= 1.1, runs
+    assert ratio <= 1.1, rounded
