@@ -27,12 +27,15 @@ def ensure_patched(
     plan = patcher.plan_patch(tree, syscalls)
     numbers = patcher.describe_numbers(plan.numbers)
     if not plan.changed:
+        if not dry_run:
+            patcher.remember(plan)
         report(f"{tree}: already patched ({numbers})")
         return plan
     if dry_run:
         report(f"# patch: would patch {', '.join(f.path for f in plan.changed)} ({numbers})")
         return plan
     patcher.apply_plan(plan)
+    patcher.remember(plan)
     report(f"{tree}: patched ({numbers}; {len(plan.changed)} files)")
     return plan
 

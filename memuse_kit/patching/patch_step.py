@@ -65,6 +65,7 @@ def patch_tree(
     except BaseException:
         patcher.undo_apply(plan, saved)
         raise
+    patcher.remember(plan)
     report(f"  patch: {path}{'' if changed else ' (unchanged)'}")
     return plan
 

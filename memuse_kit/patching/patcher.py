@@ -17,13 +17,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from memuse_kit.core import atomic
 from memuse_kit.core.digest import sha256_bytes
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.safety import TMP_PREFIX, check_replaceable, describe_os_error, is_regular_file
-from memuse_kit.patching import probes, spec
+from memuse_kit.patching import plan_memo, probes, spec, templates
 from memuse_kit.patching import syscall_tables as tables
 from memuse_kit.patching.probes import TreeFacts
 from memuse_kit.patching.spec import SyscallSpec
@@ -90,6 +90,7 @@ class PatchPlan:
     syscalls: Tuple[Placed, ...]  # in the order of their numbers
     files: List[FilePlan]
     facts: Optional[TreeFacts]
+    memo: Optional[plan_memo.PlanMemo] = None  # what remember() keeps for the next check
 
     @property
     def changed(self) -> List[FilePlan]:
@@ -373,20 +374,31 @@ def clean_leftovers(tree: Path) -> List[Path]:
     if state.is_dir() and not state.is_symlink():
         directories |= {Path(top) for top, _, _ in os.walk(state)}
     for directory in sorted(directories):
-        if not directory.is_dir():
-            continue
-        for entry in sorted(directory.iterdir()):
-            old = _OLD_TMP.match(entry.name)
-            if entry.name.startswith(TMP_PREFIX) or (old and old.group("name") in names):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-                removed.append(entry)
+        for entry in sorted(_leftovers_in(directory, names)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
     if _orphan_state(tree):
         shutil.rmtree(state)
         removed.append(state)
     return removed
+
+
+def _leftovers_in(directory: Path, names: Set[str]) -> List[Path]:
+    """The temporary files of the kit's writes in directory (by name only: include/linux
+    has 1,500 entries, and every build looks)."""
+    try:
+        entries = [entry.name for entry in os.scandir(directory)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [directory / name for name in entries if _is_leftover(name, names)]
+
+
+def _is_leftover(name: str, names: Set[str]) -> bool:
+    old = _OLD_TMP.match(name)
+    return name.startswith(TMP_PREFIX) or bool(old and old.group("name") in names)
 
 
 def _orphan_state(tree: Path) -> bool:
@@ -615,7 +627,28 @@ def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
         (Placed(s, numbers[s.name], declared_probes(tree, s)) for s in specs),
         key=lambda p: p.nr,
     )
-    facts = probes.probe_tree(tree) if any(uses_tree_facts(s) for s in specs) else None
+    code = plan_memo.code_digest(templates.TEMPLATES_DIR, [s.folder for s in specs])
+    memo = None if fresh else plan_memo.read(tree)
+    reads_facts = plan_memo.facts_readers(memo, code, wanted)
+    if reads_facts is None:
+        reads_facts = {s.name: uses_tree_facts(s) for s in specs}
+    facts = probes.probe_tree(tree) if any(reads_facts.values()) else None
+    key = plan_memo.inputs_key(
+        code,
+        {
+            "tree": str(tree),
+            "kernel": str(kernel),
+            "placed": [(p.name, p.nr, p.probes) for p in placed],
+            "facts": facts.as_dict() if facts else None,
+        },
+        files.original,
+    )
+    if memo is not None and memo.key == key and memo.holds(files.current):
+        unchanged = [
+            FilePlan(rel, files.original[rel], files.current[rel], files.current[rel])
+            for rel in sorted(files.current)
+        ]
+        return PatchPlan(tree, kernel, tuple(placed), unchanged, facts, memo)
     try:
         rendered = render_edits(files.text, kernel, placed, facts)
     except KitError as error:
@@ -626,7 +659,9 @@ def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
         )
         for rel, text in sorted(rendered.items())
     ]
-    return PatchPlan(tree, kernel, tuple(placed), plans, facts)
+    wants = {f.path: _sha(f.patched) for f in plans}
+    made = plan_memo.PlanMemo(code, reads_facts, key, wants)
+    return PatchPlan(tree, kernel, tuple(placed), plans, facts, None if fresh else made)
 
 
 def _restyle(style: Optional[LineStyle], text: Optional[str]) -> Content:
@@ -726,6 +761,13 @@ def files_to_restore(tree: Path) -> List[str]:
 
 def _current(path: Path) -> Content:
     return path.read_bytes() if is_regular_file(path) else None
+
+
+def remember(plan: PatchPlan) -> None:
+    """Once the tree holds plan (applied, or already so): its memo, so that the next check
+    of an unchanged tree skips rendering. Never for a dry run."""
+    if plan.memo is not None:
+        plan_memo.write(plan.tree, plan.memo)
 
 
 def recorded_syscalls(tree: Path) -> Dict[str, int]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Set
-
-import jinja2
-import jinja2.meta
+from typing import TYPE_CHECKING, Any, Set
 
 from memuse_kit.core.errors import KitError
+
+if TYPE_CHECKING:  # Jinja loads on the first render: a tree found unchanged renders nothing
+    import jinja2
 
 # package data: found wherever memuse_kit is installed, not only in the repository
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
@@ -40,6 +40,8 @@ def environment() -> jinja2.Environment:
 
 @lru_cache(maxsize=None)
 def _environment(root: Path) -> jinja2.Environment:
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,
@@ -59,6 +61,8 @@ def render(template: str, /, **context: Any) -> str:
 
 def render_from(root: Path, template: str, /, **context: Any) -> str:
     """A template under root, rendered; every template problem is one KitError line."""
+    import jinja2
+
     name = template
     try:
         return _environment(root).get_template(name).render(**context)
@@ -72,6 +76,9 @@ def render_from(root: Path, template: str, /, **context: Any) -> str:
 
 def variables_used(root: Path, name: str, /) -> Set[str]:
     """The names a template reads from its context (facts, probes, spec, ...)."""
+    import jinja2
+    import jinja2.meta
+
     env = _environment(root)
     try:
         source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
