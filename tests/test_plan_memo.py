@@ -137,3 +137,26 @@ def test_the_code_digest_follows_the_kit_the_templates_and_the_folders(tmp_path,
     (package / "__pycache__/a.cpython-311.pyc").write_bytes(b"compiled")
     seen.add(digest())
     assert len(seen) == 4  # each source edit changes it, a byte-compiled file does not
+
+
+def test_a_file_beside_a_user_syscall_s_folder_that_its_body_includes_renders_again(
+    tmp_path, cache, renders, monkeypatch
+):
+    """A user's syscall body is loaded from the folder above its own, so it may include a
+    file there: that file is an input of the render too."""
+    from memuse_kit.patching import scaffold, spec
+
+    mine = tmp_path / "mine"
+    monkeypatch.setenv(spec.USER_DIR_ENV, str(mine))
+    scaffold.create(scaffold.request("memz", ["int x"]), scaffold.target_dir(None))
+    (mine / "common.j2").write_text("/* common v1 */\n")
+    body = mine / "memz/impl.c.j2"
+    body.write_text('{% include "common.j2" %}' + body.read_text())
+    root = make_fake_tree(tmp_path / "linux", mm="old")
+    ensure_patched(root, syscalls=("memz",))
+    assert not patcher.plan_patch(root).changed and renders == ["memz"]
+    (mine / "common.j2").write_text("/* common v2 */\n")
+    plan = patcher.plan_patch(root)
+    assert renders == ["memz", "memz"]
+    assert [f.path for f in plan.changed] == ["kernel/memz.c"]
+    assert b"common v2" in (plan.changed[0].patched or b"")

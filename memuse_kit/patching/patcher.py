@@ -627,7 +627,7 @@ def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
         (Placed(s, numbers[s.name], declared_probes(tree, s)) for s in specs),
         key=lambda p: p.nr,
     )
-    code = plan_memo.code_digest(templates.TEMPLATES_DIR, [s.folder for s in specs])
+    code = plan_memo.code_digest(templates.TEMPLATES_DIR, [s.root for s in specs])
     memo = None if fresh else plan_memo.read(tree)
     reads_facts = plan_memo.facts_readers(memo, code, wanted)
     if reads_facts is None:

@@ -32,7 +32,7 @@ Content = Optional[bytes]
 
 @dataclass(frozen=True)
 class PlanMemo:
-    code: str  # the kit's code, its templates and the syscalls' folders
+    code: str  # the kit's code, its templates and the syscalls' template roots
     reads_facts: Dict[str, bool]  # per syscall: whether its body reads the tree's facts
     key: str  # every input of the render, the code included
     files: Dict[str, Optional[str]]  # path -> sha256 of what the plan wants (None: no file)
@@ -46,7 +46,8 @@ class PlanMemo:
 
 def code_digest(templates: Path, folders: Iterable[Path]) -> str:
     """One digest of every file of the kit's package, of its templates (tests move them) and
-    of each syscall's folder, with the Python and Jinja versions that render them."""
+    of each folder given (the loader roots of the syscalls' bodies, which may include files
+    beside their own), with the Python and Jinja versions that render them."""
     digest = hashlib.sha256(f"{MEMO_VERSION}\0{sys.version}\0{_jinja_version()}\0".encode())
     package = Path(memuse_kit.__file__).resolve().parent
     for root in dict.fromkeys([package, templates.resolve(), *(f.resolve() for f in folders)]):
