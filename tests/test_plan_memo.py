@@ -137,6 +137,11 @@ def test_the_code_digest_follows_the_kit_the_templates_and_the_folders(tmp_path,
     (package / "__pycache__/a.cpython-311.pyc").write_bytes(b"compiled")
     seen.add(digest())
     assert len(seen) == 4  # each source edit changes it, a byte-compiled file does not
+    # templates inside the package (as shipped) are read once, with the package
+    (package / "templates").mkdir()
+    (package / "templates/t.j2").write_text("t")
+    inside = plan_memo.code_digest(package / "templates", [package / "templates"])
+    assert inside == plan_memo.code_digest(package, [])
 
 
 def test_a_file_beside_a_user_syscall_s_folder_that_its_body_includes_renders_again(

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Optional
 
 BLOCK = 1 << 20
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_content(data: Optional[bytes]) -> Optional[str]:
+    """A file's digest from its bytes, None for a file that does not exist."""
+    return None if data is None else sha256_bytes(data)
 
 
 def sha256_file(path: Path) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from memuse_kit.core import atomic
-from memuse_kit.core.digest import sha256_bytes
+from memuse_kit.core.digest import sha256_bytes, sha256_content
 from memuse_kit.core.errors import KitError
 from memuse_kit.core.safety import TMP_PREFIX, check_replaceable, describe_os_error, is_regular_file
 from memuse_kit.patching import plan_memo, probes, spec, templates
@@ -60,10 +60,6 @@ def _text(data: bytes) -> str:
 
 def _bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
-
-
-def _sha(data: Content) -> Optional[str]:
-    return None if data is None else sha256_bytes(data)
 
 
 @dataclass(frozen=True)
@@ -147,7 +143,7 @@ def _valid_number(nr: object) -> bool:
     return isinstance(nr, int) and not isinstance(nr, bool) and nr >= 0
 
 
-def _valid_sha(value: object, may_be_absent: bool) -> bool:
+def _validsha256_content(value: object, may_be_absent: bool) -> bool:
     if value is None:
         return may_be_absent
     return isinstance(value, str) and _SHA256.match(value) is not None
@@ -161,9 +157,9 @@ def _valid_file_record(rel: str, record: object) -> bool:
     return (
         "original_sha256" in record
         and "patched_sha256" in record
-        and _valid_sha(record["original_sha256"], created)
-        and _valid_sha(record["patched_sha256"], created)
-        and _valid_sha(record.get("previous_sha256"), True)
+        and _validsha256_content(record["original_sha256"], created)
+        and _validsha256_content(record["patched_sha256"], created)
+        and _validsha256_content(record.get("previous_sha256"), True)
     )
 
 
@@ -261,7 +257,7 @@ class TreeState:
     def pristine(self, rel: str, current: Content) -> Content:
         """The file as it was before memuse-kit (None: it did not exist), given its bytes now."""
         record = self.files().get(rel)
-        found = _sha(current)
+        found = sha256_content(current)
         if record is None or found == record["original_sha256"]:
             return current
         if found not in (record["patched_sha256"], record.get("previous_sha256")):
@@ -297,11 +293,11 @@ class TreeState:
         files = {}
         for file in kept:
             record = {
-                "original_sha256": _sha(file.original),
-                "patched_sha256": _sha(file.patched),
+                "original_sha256": sha256_content(file.original),
+                "patched_sha256": sha256_content(file.patched),
             }
             if in_flight and file.needs_write:
-                record["previous_sha256"] = _sha(file.current)
+                record["previous_sha256"] = sha256_content(file.current)
             files[file.path] = record
         document = {
             "version": STATE_VERSION,
@@ -627,22 +623,14 @@ def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
         (Placed(s, numbers[s.name], declared_probes(tree, s)) for s in specs),
         key=lambda p: p.nr,
     )
-    code = plan_memo.code_digest(templates.TEMPLATES_DIR, [s.root for s in specs])
-    memo = None if fresh else plan_memo.read(tree)
-    reads_facts = plan_memo.facts_readers(memo, code, wanted)
-    if reads_facts is None:
-        reads_facts = {s.name: uses_tree_facts(s) for s in specs}
+    # shipped patches (fresh) are rendered for a pristine tree that is not there: no memo
+    code = None if fresh else _code_digest(specs)
+    memo = None if code is None else plan_memo.read(tree)
+    reads_facts = plan_memo.facts_readers(memo, code, wanted) or {
+        s.name: uses_tree_facts(s) for s in specs
+    }
     facts = probes.probe_tree(tree) if any(reads_facts.values()) else None
-    key = plan_memo.inputs_key(
-        code,
-        {
-            "tree": str(tree),
-            "kernel": str(kernel),
-            "placed": [(p.name, p.nr, p.probes) for p in placed],
-            "facts": facts.as_dict() if facts else None,
-        },
-        files.original,
-    )
+    key = None if code is None else _render_key(code, kernel, placed, facts, files.original)
     if memo is not None and memo.key == key and memo.holds(files.current):
         unchanged = [
             FilePlan(rel, files.original[rel], files.current[rel], files.current[rel])
@@ -659,9 +647,34 @@ def _plan(tree: Path, wanted: Sequence[str], fresh: bool = False) -> PatchPlan:
         )
         for rel, text in sorted(rendered.items())
     ]
-    wants = {f.path: _sha(f.patched) for f in plans}
-    made = plan_memo.PlanMemo(code, reads_facts, key, wants)
-    return PatchPlan(tree, kernel, tuple(placed), plans, facts, None if fresh else made)
+    made = None
+    if code is not None and key is not None:
+        wants = {f.path: sha256_content(f.patched) for f in plans}
+        made = plan_memo.PlanMemo(code, reads_facts, key, wants)
+    return PatchPlan(tree, kernel, tuple(placed), plans, facts, made)
+
+
+def _code_digest(specs: Sequence[SyscallSpec]) -> str:
+    return plan_memo.code_digest(templates.TEMPLATES_DIR, [s.root for s in specs])
+
+
+def _render_key(
+    code: str,
+    kernel: KernelVersion,
+    placed: Sequence[Placed],
+    facts: Optional[TreeFacts],
+    originals: Mapping[str, Content],
+) -> str:
+    """What one render of these syscalls depends on besides the code: see plan_memo."""
+    return plan_memo.inputs_key(
+        code,
+        {
+            "kernel": str(kernel),
+            "placed": [(p.name, p.nr, p.probes) for p in placed],
+            "facts": facts.as_dict() if facts else None,
+        },
+        originals,
+    )
 
 
 def _restyle(style: Optional[LineStyle], text: Optional[str]) -> Content:

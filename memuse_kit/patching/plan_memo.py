@@ -20,14 +20,14 @@ import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import memuse_kit
 from memuse_kit.core import atomic
 from memuse_kit.core.cache import cache_root
+from memuse_kit.core.digest import sha256_content
 
 MEMO_VERSION = 1
-Content = Optional[bytes]
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class PlanMemo:
     key: str  # every input of the render, the code included
     files: Dict[str, Optional[str]]  # path -> sha256 of what the plan wants (None: no file)
 
-    def holds(self, current: Mapping[str, Content]) -> bool:
+    def holds(self, current: Mapping[str, Optional[bytes]]) -> bool:
         """Whether the tree's files (path -> bytes) are exactly what the plan wanted."""
         return set(current) == set(self.files) and all(
-            _sha(data) == self.files[path] for path, data in current.items()
+            sha256_content(data) == self.files[path] for path, data in current.items()
         )
 
 
@@ -50,17 +50,26 @@ def code_digest(templates: Path, folders: Iterable[Path]) -> str:
     beside their own), with the Python and Jinja versions that render them."""
     digest = hashlib.sha256(f"{MEMO_VERSION}\0{sys.version}\0{_jinja_version()}\0".encode())
     package = Path(memuse_kit.__file__).resolve().parent
-    for root in dict.fromkeys([package, templates.resolve(), *(f.resolve() for f in folders)]):
+    for root in _outermost([package, templates.resolve(), *(f.resolve() for f in folders)]):
         for path in sorted(p for p in root.rglob("*") if _is_source(p)):
             digest.update(f"{path}\0{path.stat().st_size}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
-def inputs_key(code: str, parts: Mapping[str, object], originals: Mapping[str, Content]) -> str:
+def _outermost(roots: Iterable[Path]) -> List[Path]:
+    """The roots not inside another (the packaged templates are inside the package), so
+    that no file is read twice."""
+    unique = sorted(set(roots))
+    return [r for r in unique if not any(o in r.parents for o in unique)]
+
+
+def inputs_key(
+    code: str, parts: Mapping[str, object], originals: Mapping[str, Optional[bytes]]
+) -> str:
     """The key of one render: the code, the plan's own values (JSON-able) and the digest of
     each file's pristine bytes."""
-    pristine = {path: _sha(data) for path, data in sorted(originals.items())}
+    pristine = {path: sha256_content(data) for path, data in sorted(originals.items())}
     text = json.dumps([code, parts, pristine], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -92,7 +101,7 @@ def write(tree: Path, memo: PlanMemo) -> None:
 
 
 def facts_readers(
-    memo: Optional[PlanMemo], code: str, names: Iterable[str]
+    memo: Optional[PlanMemo], code: Optional[str], names: Iterable[str]
 ) -> Optional[Dict[str, bool]]:
     """Which of these syscalls read the tree's facts, as the memo of the same code knows;
     None when it cannot tell (then their templates are parsed)."""
@@ -106,10 +115,6 @@ def facts_readers(
 
 def _is_source(path: Path) -> bool:
     return path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-
-
-def _sha(data: Content) -> Optional[str]:
-    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _jinja_version() -> str:
