@@ -75,7 +75,7 @@ def package_sums(bd: BuildDir, packages: List[Path]) -> Dict[str, str]:
     """name -> sha256 of each package: from SHA256SUMS when it was written after the package
     (a no-op build would otherwise read 20 MB of packages again), else read now."""
     recorded = _recorded_sums(bd)
-    written = _mtime_ns(bd.artifacts / SUMS)
+    written = (bd.artifacts / SUMS).stat().st_mtime_ns if recorded else 0
     return {
         p.name: recorded[p.name]
         if p.name in recorded and written >= p.stat().st_mtime_ns
@@ -88,13 +88,6 @@ def _recorded_sums(bd: BuildDir) -> Dict[str, str]:
     sums = bd.artifacts / SUMS
     lines = sums.read_text().splitlines() if sums.is_file() else []
     return {name: digest for digest, name in (line.split(maxsplit=1) for line in lines)}
-
-
-def _mtime_ns(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return -1
 
 
 def verify_sums(bd: BuildDir) -> Dict[str, bool]:
